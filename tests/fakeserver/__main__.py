@@ -1,0 +1,103 @@
+"""``python -m tests.fakeserver``: run the fake OpenAI-compatible server in this process until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import os
+import signal
+import sys
+from pathlib import Path
+
+from tests.fakeserver.app import FAULT_KINDS, Config, Fault
+from tests.fakeserver.runner import FakeServer
+
+
+def _loopback(host: str) -> str:
+    """Refuse anything but a loopback address."""
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return host
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{host!r} is not a loopback address (the fake server binds loopback only)")
+
+
+def _fault(text: str) -> Fault:
+    kind, _, count = text.partition(":")
+    if kind not in FAULT_KINDS:
+        raise argparse.ArgumentTypeError(f"unknown fault kind {kind!r}; known: {', '.join(FAULT_KINDS)}")
+    return Fault(kind=kind, count=int(count or 1))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags; every Config field has one."""
+    d = Config()
+    p = argparse.ArgumentParser(prog="python -m tests.fakeserver", description=__doc__)
+    p.add_argument("--host", type=_loopback, default="127.0.0.1", help="loopback address to bind")
+    p.add_argument("--port", type=int, default=0, help="port (0 = pick a free one)")
+    p.add_argument("--port-file", type=Path, help="write the bound port to this file once listening")
+    p.add_argument("--backlog", type=int, default=4096, help="listen backlog")
+    p.add_argument("--model", default=d.model, help="model name served by /v1/models")
+    p.add_argument("--latency", type=float, default=d.latency, help="seconds before each chat answer")
+    p.add_argument("--reject-ratio", type=float, default=d.reject_ratio, help="judge 'no' share in [0, 1]")
+    p.add_argument("--score-min", type=int, default=d.score_min, help="lowest judge score")
+    p.add_argument("--score-max", type=int, default=d.score_max, help="highest judge score")
+    p.add_argument("--text-only", action="store_true", help="answer 500 to requests with image parts")
+    p.add_argument("--batch-polls", type=int, default=d.batch_polls, help="retrieves until a batch completes")
+    p.add_argument("--strict-model", action="store_true", help="404 for a model other than --model")
+    p.add_argument("--log-max", type=int, default=d.log_max, help="request log entries kept")
+    p.add_argument("--fault", type=_fault, action="append", default=[], metavar="KIND[:COUNT]",
+                   help="queue a fault at start-up (repeatable)")  # fmt: skip
+    return p.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Start, write the port file, and wait for a signal."""
+    config = Config(
+        model=args.model,
+        latency=args.latency,
+        reject_ratio=args.reject_ratio,
+        score_min=args.score_min,
+        score_max=args.score_max,
+        text_only=args.text_only,
+        batch_polls=args.batch_polls,
+        strict_model=args.strict_model,
+        log_max=args.log_max,
+    )
+    server = FakeServer(config)
+    server.app.faults.extend(args.fault)
+    port = await server.start(args.host, args.port, args.backlog)
+    if args.port_file is not None:
+        tmp = args.port_file.with_name(args.port_file.name + ".tmp")
+        tmp.write_text(f"{port}\n")
+        os.replace(tmp, args.port_file)
+    print(f"fakeserver listening on http://{args.host}:{port}/v1", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = parse_args(argv)
+    try:
+        asyncio.run(serve(args))
+    except OSError as exc:
+        print(f"fakeserver: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""The SQLite response cache."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from evolve.cache import MIGRATIONS, CacheError, NullCache, ResponseCache, request_key
+
+
+def test_blank_db_gets_every_migration(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    with ResponseCache(path) as cache:
+        assert cache.applied_migrations() == [name for name, _ in MIGRATIONS]
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"_migrations", "responses"} <= tables
+    finally:
+        db.close()
+    with ResponseCache(path) as again:  # reopening applies nothing twice
+        assert again.applied_migrations() == [name for name, _ in MIGRATIONS]
+
+
+def test_put_get_roundtrip_and_persistence(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    value = {"text": "héllo", "prompt_tokens": 3, "completion_tokens": 4}
+    with ResponseCache(path) as cache:
+        assert cache.get("k") is None
+        cache.put("k", value)
+        assert cache.get("k") == value  # visible before the commit
+    with ResponseCache(path) as cache:
+        assert cache.get("k") == value
+        assert len(cache) == 1
+
+
+def test_commits_are_batched(tmp_path: Path) -> None:
+    with ResponseCache(tmp_path / "c.sqlite") as cache:
+        for i in range(450):
+            cache.put(f"k{i}", {"i": i})
+        assert cache.commits == 2  # at 200 and 400 puts
+        cache.flush()
+        assert cache.commits == 3
+        cache.flush()
+        assert cache.commits == 3
+
+
+def test_timer_commits_without_further_puts(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    cache = ResponseCache(path)
+
+    async def main() -> None:
+        cache.put("a", {"x": 1})
+        await asyncio.sleep(0.4)
+
+    asyncio.run(main())
+    other = sqlite3.connect(path)
+    try:
+        assert other.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 1
+    finally:
+        other.close()
+        cache.close()
+
+
+def test_put_after_close_raises(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    cache.close()
+    with pytest.raises(CacheError):
+        cache.put("k", {})
+
+
+def test_request_key_is_canonical() -> None:
+    a = request_key("m", "sys", "text", ["sha256:ab"], {"temperature": 1.0, "max_tokens": 10})
+    b = request_key("m", "sys", "text", ["sha256:ab"], {"max_tokens": 10, "temperature": 1.0})
+    assert a == b and a.startswith("v1:") and len(a) == 3 + 64
+    assert a != request_key("m", None, "text", ["sha256:ab"], {"temperature": 1.0, "max_tokens": 10})
+    assert a != request_key("m", "sys", "text", [], {"temperature": 1.0, "max_tokens": 10})
+    assert a != request_key("m2", "sys", "text", ["sha256:ab"], {"temperature": 1.0, "max_tokens": 10})
+    assert a != request_key("m", "sys", "text", ["sha256:ab"], {"temperature": 0.5, "max_tokens": 10})
+
+
+def test_null_cache() -> None:
+    cache = NullCache()
+    cache.put("k", {"a": 1})
+    assert cache.get("k") is None
+    assert cache.request_key("m", None, "t", [], {}) == request_key("m", None, "t", [], {})
+    cache.flush()
+    cache.close()
+
+
+def _writer(path: str, tag: str, n: int) -> None:
+    async def run() -> None:
+        cache = ResponseCache(Path(path))
+        for i in range(n):
+            cache.put(f"{tag}-{i}", {"tag": tag, "i": i})
+            cache.put("shared", {"tag": tag})
+            if i % 50 == 0:
+                cache.get(f"{tag}-0")
+                await asyncio.sleep(0)
+        cache.close()
+
+    asyncio.run(run())
+
+
+def test_two_processes_share_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite"
+    ctx = multiprocessing.get_context("spawn")
+    n = 1500
+    procs = [ctx.Process(target=_writer, args=(str(path), tag, n)) for tag in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    with ResponseCache(path) as cache:
+        assert len(cache) == 2 * n + 1
+        for tag in ("a", "b"):
+            assert cache.get(f"{tag}-{n - 1}") == {"tag": tag, "i": n - 1}
+        shared = cache.get("shared")
+        assert shared is not None and shared["tag"] in ("a", "b")
+        assert cache.applied_migrations() == [name for name, _ in MIGRATIONS]
