@@ -27,11 +27,7 @@ BUSY_TIMEOUT_MS = 30_000
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     (
         "0001_responses",
-        "CREATE TABLE responses ("
-        " key TEXT PRIMARY KEY,"
-        " value TEXT NOT NULL,"
-        " created REAL NOT NULL"
-        ") WITHOUT ROWID",
+        "CREATE TABLE responses ( key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL) WITHOUT ROWID",
     ),
 )
 """(name, SQL) in order. Append only: a database remembers which names it has applied."""
@@ -41,9 +37,7 @@ class CacheError(EvolveError):
     """The cache file cannot be opened or written."""
 
 
-def request_key(
-    model: str, system: str | None, text: str, image_keys: list[str], params: dict[str, Any]
-) -> str:
+def request_key(model: str, system: str | None, text: str, image_keys: list[str], params: dict[str, Any]) -> str:
     """A stable key for a request: `v1:` + SHA-256 of its canonical JSON (image *keys*, never image data)."""
     canonical = json.dumps(
         {"model": model, "system": system, "text": text, "images": image_keys, "params": params},

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -226,6 +226,7 @@ def run(
     no_cache: NoCacheOpt = None,
     max_failures: Annotated[int | None, typer.Option(help="Stop (exit 3) after this many failed samples.")] = None,
     shard: Annotated[str | None, typer.Option(help="Only shard K of N (K/N, K from 0).")] = None,
+    workers: Annotated[int, typer.Option(help="Local worker processes, each a shard, merged at the end.")] = 1,
     log_file: Annotated[Path | None, typer.Option(help="Also log to this file.")] = None,
     quiet: QuietOpt = None,
     price_in: Annotated[float | None, typer.Option(help="US$ per million input tokens.")] = None,
@@ -252,6 +253,14 @@ def run(
         logs = [target / "evolve.log"] + ([config.log_file] if config.log_file else [])
         messenger = Messenger(config.quiet, logs)
         messenger.log(f"evolve {__version__} run {' '.join(map(str, files))} -> {target}")
+        if workers > 1:
+            from evolve.workers import run_workers
+
+            summary = run_workers(config, files, target, workers, messenger)
+            _print_run_summary(summary, messenger)
+            if summary["status"] != "done":
+                raise typer.Exit(3)
+            return
         runner = Runner(config, files, target, messenger)
         result = run_with_progress(runner, quiet=config.quiet)
         _print_run_summary(result.summary, messenger)
@@ -263,23 +272,33 @@ def _fmt(value: Any, pattern: str = "{:,}") -> str:
     return "–" if value is None else pattern.format(value)
 
 
+SUMMARY_ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+    ("samples evolved", lambda r: _fmt(r["samples"])),
+    ("failed (call or answer)", lambda r: _fmt(r["evolve_failed"] + r["judge_failed"])),
+    ("items judged", lambda r: _fmt(r["judged_items"])),
+    ("improvement rate", lambda r: _fmt(r["improvement_rate"], "{:.1%}")),
+    ("kept samples", lambda r: _fmt(r["kept_samples"])),
+    ("kept items", lambda r: _fmt(r["kept_items"])),
+    ("carried forward", lambda r: _fmt(r["carried_forward"])),
+    ("mean accepted score", lambda r: _fmt(r["mean_accepted_score"], "{:.2f}")),
+    ("operators", lambda r: " ".join(f"{k[:4]}={v}" for k, v in r["operators"].items()) or "–"),
+    ("requests (cached)", lambda r: f"{r['usage']['requests']:,} ({r['usage']['cached']:,})"),
+    ("tokens in / out", lambda r: f"{r['usage']['prompt_tokens']:,} / {r['usage']['completion_tokens']:,}"),
+    ("est. cost US$", lambda r: _fmt(r["cost_usd"], "{:.4f}")),
+]
+
+
 def _print_run_summary(summary: dict[str, Any], messenger: Messenger) -> None:
+    rounds = summary.get("rounds", {})
     table = Table(title=f"evolve run · {summary.get('status')}", title_justify="left")
-    for column in ("round", "samples", "evolved", "failed", "items judged", "improved", "kept samples",
-                   "kept items", "mean score", "requests", "cached", "tokens in/out", "cost $"):  # fmt: skip
-        table.add_column(column, justify="right")
-    for number, stats in summary.get("rounds", {}).items():
-        usage = stats["usage"]
-        table.add_row(
-            number, _fmt(stats["samples"]), _fmt(stats["evolved"]),
-            _fmt(stats["evolve_failed"] + stats["judge_failed"]), _fmt(stats["judged_items"]),
-            _fmt(stats["improvement_rate"], "{:.1%}"), _fmt(stats["kept_samples"]), _fmt(stats["kept_items"]),
-            _fmt(stats["mean_accepted_score"], "{:.2f}"), _fmt(usage["requests"]), _fmt(usage["cached"]),
-            f"{usage['prompt_tokens']:,}/{usage['completion_tokens']:,}", _fmt(stats["cost_usd"], "{:.4f}"),
-        )  # fmt: skip
+    table.add_column("")
+    for number in rounds:
+        table.add_column(f"round {number}", justify="right")
+    for label, cell in SUMMARY_ROWS:
+        table.add_row(label, *(cell(stats) for stats in rounds.values()))
     if not messenger.quiet:
         out.print(table)
-    for number, stats in summary.get("rounds", {}).items():
+    for number, stats in rounds.items():
         for reason, count in stats.get("drop_reasons", {}).items():
             messenger.log(f"round {number}: {count} dropped: {reason}")
     messenger(
@@ -380,7 +399,20 @@ def stats(
             err.print(f"{len(written)} figures in {plots}", markup=False)
 
 
-# ---------------------------------------------------------------------- export and init
+# ---------------------------------------------------------------------- merge, export and init
+
+
+@app.command()
+def merge(
+    runs: Annotated[list[Path], typer.Argument(help="Shard run folders (--shard K/N) to join.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The merged run folder.")],
+) -> None:
+    """Join shard runs of the same settings and seeds into one run folder."""
+    from evolve.merge import merge_runs
+
+    with _errors():
+        summary = merge_runs(runs, out_dir)
+        _print_run_summary(summary, Messenger(False, []))
 
 
 @app.command()

@@ -113,9 +113,7 @@ class ImageEncoder:
     Thread-safe: `aencode` runs big files in worker threads.
     """
 
-    def __init__(
-        self, max_side: int = 512, quality: int = 85, *, cache_bytes: int = 256 * 1024 * 1024
-    ) -> None:
+    def __init__(self, max_side: int = 512, quality: int = 85, *, cache_bytes: int = 256 * 1024 * 1024) -> None:
         if max_side < 1:
             raise ValueError("max_side must be positive")
         self.max_side = max_side

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,11 +36,12 @@ from evolve.operators import shard_of
 from evolve.prompts import PromptSet
 from evolve.records import Drop, Rejected, Sample, read_samples
 from evolve.runfolder import (
+    ROUND_FILES,
     AppendFiles,
     RoundState,
     RunFolder,
     concat_files,
-    iter_json_lines,
+    round_stats,
     run_lock,
     scan_round,
 )
@@ -147,53 +147,6 @@ def check_fingerprint(old: dict[str, Any] | None, new: dict[str, Any], root: Pat
             )
 
 
-def round_stats(folder: RunFolder, number: int) -> dict[str, Any]:
-    """Counts of one round, read from its files (so they stay right across resumes)."""
-    operators: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    stats: dict[str, Any] = dict.fromkeys(
-        ("evolved", "evolve_failed", "judge_failed", "judged_samples", "judged_items",
-         "improved_items", "kept_samples", "kept_items"), 0,
-    )  # fmt: skip
-    scores: list[float] = []
-    for _, record in iter_json_lines(folder.round_file(number, "evolved")):
-        stats["evolved"] += 1
-        operators[record["operator"]] += 1
-    for _, record in iter_json_lines(folder.round_file(number, "judged")):
-        stats["judged_samples"] += 1
-        stats["judged_items"] += len(record["qa"])
-        stats["improved_items"] += sum(1 for item in record["qa"] if item.get("improved"))
-    for _, record in iter_json_lines(folder.round_file(number, "kept")):
-        stats["kept_samples"] += 1
-        stats["kept_items"] += len(record["qa"])
-        scores.extend(float(item["score"]) for item in record["qa"] if item.get("score") is not None)
-    for _, record in iter_json_lines(folder.round_file(number, "dropped")):
-        if record["stage"] == "evolve":
-            stats["evolve_failed"] += 1
-            operators[record["operator"]] += 1
-        elif record["stage"] == "judge":
-            stats["judge_failed"] += 1
-        reasons[f"{record['stage']}: {_reason_class(record['reason'])}"] += 1
-    stats["samples"] = stats["evolved"] + stats["evolve_failed"]
-    stats["carried_forward"] = stats["samples"] - stats["kept_samples"]
-    judged = stats["judged_items"]
-    stats["improvement_rate"] = round(stats["improved_items"] / judged, 4) if judged else None
-    stats["mean_accepted_score"] = round(sum(scores) / len(scores), 3) if scores else None
-    stats["operators"] = dict(sorted(operators.items()))
-    stats["drop_reasons"] = dict(reasons.most_common(10))
-    return stats
-
-
-def _reason_class(reason: str) -> str:
-    """The kind of a drop reason without its particulars (for counting)."""
-    head = reason.split(":", 2)
-    if reason.startswith(("endpoint", "unreadable")) and len(head) > 1:
-        return f"{head[0]}: {head[1].strip()[:60]}"
-    if "rewrites rejected" in reason:
-        return "rewrites rejected"
-    return reason[:80]
-
-
 class Runner:
     """One invocation of `evolve run` on one run folder."""
 
@@ -291,19 +244,26 @@ class Runner:
             ]
             producer = asyncio.create_task(self._produce(queue))
             try:
-                await self._wait(workers, producer)
+                await self._wait(workers, producer, queue)
             finally:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     with contextlib.suppress(NotImplementedError, RuntimeError):
                         loop.remove_signal_handler(sig)
 
-    async def _wait(self, workers: list[asyncio.Task[None]], producer: asyncio.Task[None]) -> None:
+    async def _wait(
+        self,
+        workers: list[asyncio.Task[None]],
+        producer: asyncio.Task[None],
+        queue: asyncio.Queue[tuple[Sample, Path | str | None] | None],
+    ) -> None:
         everything = asyncio.gather(producer, *workers)
         stop = asyncio.create_task(self._stopping.wait())
         await asyncio.wait([everything, stop], return_when=asyncio.FIRST_COMPLETED)
         if not everything.done():
             grace = 0.0 if self.fatal is not None else GRACE_SECONDS
             producer.cancel()
+            await asyncio.sleep(0)
+            self._release_workers(queue, len(workers))
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(everything), timeout=grace)
             for task in workers:
@@ -339,9 +299,16 @@ class Runner:
                 await queue.put(item)
         finally:
             self._write_rejected(rejected)
-            for _ in range(self.config.concurrency):
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(None)
+        for _ in range(self.config.concurrency):
+            await queue.put(None)
+
+    @staticmethod
+    def _release_workers(queue: asyncio.Queue[tuple[Sample, Path | str | None] | None], workers: int) -> None:
+        """Empty the queue and tell every worker to end (the queue holds 2 × workers)."""
+        while not queue.empty():
+            queue.get_nowait()
+        for _ in range(workers):
+            queue.put_nowait(None)
 
     def _write_rejected(self, rejected: list[Drop]) -> None:
         with self.folder.rejected.open("w", encoding="utf-8") as fp:
@@ -433,6 +400,8 @@ class Runner:
             usage = TokenUsage.from_dict(old.get("usage"))
             usage.merge(self._round_usage.get(number, TokenUsage()))
             total.merge(usage)
+            for name in ROUND_FILES:
+                self.folder.round_file(number, name).touch()
             stats = round_stats(self.folder, number)
             stats["usage"] = usage.as_dict()
             stats["cost_usd"] = estimate_cost(usage, prices)

@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,3 +267,50 @@ def concat_files(sources: list[Path], target: Path) -> int:
         os.fsync(dst.fileno())
     os.replace(tmp, target)
     return count
+
+
+def round_stats(folder: RunFolder, number: int) -> dict[str, Any]:
+    """Counts of one round, read from its files (so they stay right across resumes)."""
+    operators: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    stats: dict[str, Any] = dict.fromkeys(
+        ("evolved", "evolve_failed", "judge_failed", "judged_samples", "judged_items",
+         "improved_items", "kept_samples", "kept_items"), 0,
+    )  # fmt: skip
+    scores: list[float] = []
+    for _, record in iter_json_lines(folder.round_file(number, "evolved")):
+        stats["evolved"] += 1
+        operators[record["operator"]] += 1
+    for _, record in iter_json_lines(folder.round_file(number, "judged")):
+        stats["judged_samples"] += 1
+        stats["judged_items"] += len(record["qa"])
+        stats["improved_items"] += sum(1 for item in record["qa"] if item.get("improved"))
+    for _, record in iter_json_lines(folder.round_file(number, "kept")):
+        stats["kept_samples"] += 1
+        stats["kept_items"] += len(record["qa"])
+        scores.extend(float(item["score"]) for item in record["qa"] if item.get("score") is not None)
+    for _, record in iter_json_lines(folder.round_file(number, "dropped")):
+        if record["stage"] == "evolve":
+            stats["evolve_failed"] += 1
+            operators[record["operator"]] += 1
+        elif record["stage"] == "judge":
+            stats["judge_failed"] += 1
+        reasons[f"{record['stage']}: {_reason_class(record['reason'])}"] += 1
+    stats["samples"] = stats["evolved"] + stats["evolve_failed"]
+    stats["carried_forward"] = stats["samples"] - stats["kept_samples"]
+    judged = stats["judged_items"]
+    stats["improvement_rate"] = round(stats["improved_items"] / judged, 4) if judged else None
+    stats["mean_accepted_score"] = round(sum(scores) / len(scores), 3) if scores else None
+    stats["operators"] = dict(sorted(operators.items()))
+    stats["drop_reasons"] = dict(reasons.most_common(10))
+    return stats
+
+
+def _reason_class(reason: str) -> str:
+    """The kind of a drop reason without its particulars (for counting)."""
+    head = reason.split(":", 2)
+    if reason.startswith(("endpoint", "unreadable")) and len(head) > 1:
+        return f"{head[0]}: {head[1].strip()[:60]}"
+    if "rewrites rejected" in reason:
+        return "rewrites rejected"
+    return reason[:80]

@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from evolve.pipeline import RunResult, Runner
+from evolve.pipeline import Runner, RunResult
 
 
 class RunView:

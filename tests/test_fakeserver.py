@@ -57,7 +57,7 @@ def judge_prompt(original: list[dict[str, Any]], rewritten: list[dict[str, Any]]
     """A judge prompt; a decoy Rewritten heading comes first, the last one holds the real items."""
     return (
         "Compare the rewritten questions with the originals.\n"
-        "### Rewritten Q&A&S\n```json\n[{\"question\": \"decoy\"}]\n```\n"
+        '### Rewritten Q&A&S\n```json\n[{"question": "decoy"}]\n```\n'
         "### Original Q&A&S\n```json\n" + json.dumps(original) + "\n```\n"
         "### Rewritten Q&A&S\n```json\n" + json.dumps(rewritten) + "\n```\n"
     )
@@ -336,7 +336,11 @@ def test_stats_log_and_reset(server: ThreadedServer, client: openai.OpenAI) -> N
     assert stats["by_kind"] == {"evolve": 1, "judge": 1, "other": 1}
     assert stats["by_status"] == {"200": 3}
     log = server.log()
-    assert [(e["kind"], e["model"], e["n_items"]) for e in log] == [("evolve", "a", 1), ("judge", "b", 1), ("other", "c", None)]
+    assert [(e["kind"], e["model"], e["n_items"]) for e in log] == [
+        ("evolve", "a", 1),
+        ("judge", "b", 1),
+        ("other", "c", None),
+    ]
     assert log[0]["sha256"] == messages_sha256(evolve_msgs)
     server.set_config(latency=2)
     server.add_fault("500")
@@ -354,13 +358,22 @@ def test_control_rejects_bad_input(server: ThreadedServer) -> None:
         resp = http.post("/chat/completions", content=b"{not json")
         assert resp.status_code == 400 and "error" in resp.json()
         assert http.get("/nowhere").status_code == 404
+    assert [(e["status"], e["sha256"]) for e in server.log()] == [(400, None)]
 
 
 def test_files_and_batches_with_sdk(server: ThreadedServer, client: openai.OpenAI) -> None:
     server.set_config(batch_polls=2)
-    prompts = {"s1-evolve": evolve_prompt(given_items(2)), "s2-judge": judge_prompt(given_items(3), given_items(3))}
+    prompts = {
+        "s1-evolve": evolve_prompt(given_items(2)),
+        "s2-judge": judge_prompt(given_items(3), given_items(3)),
+    }
     lines = [
-        {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m", "messages": user(p)}}
+        {
+            "custom_id": cid,
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "m", "messages": user(p)},
+        }
         for cid, p in prompts.items()
     ]
     payload = "".join(json.dumps(line) + "\n" for line in lines).encode()
@@ -369,9 +382,7 @@ def test_files_and_batches_with_sdk(server: ThreadedServer, client: openai.OpenA
     assert client.files.retrieve(uploaded.id).filename == "requests.jsonl"
     assert client.files.content(uploaded.id).read() == payload
 
-    batch = client.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
     assert batch.status == "validating"
     assert client.batches.retrieve(batch.id).status == "in_progress"
     done = client.batches.retrieve(batch.id)
@@ -405,8 +416,18 @@ def test_batch_lines_with_failures(server: ThreadedServer, client: openai.OpenAI
     server.set_config(text_only=True)
     server.add_fault("429", match="RATE")
     lines = [
-        {"custom_id": "ok", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": user("fine")}},
-        {"custom_id": "rl", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": user("RATE me")}},
+        {
+            "custom_id": "ok",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"messages": user("fine")},
+        },
+        {
+            "custom_id": "rl",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"messages": user("RATE me")},
+        },
         {
             "custom_id": "img",
             "method": "POST",
@@ -419,7 +440,9 @@ def test_batch_lines_with_failures(server: ThreadedServer, client: openai.OpenAI
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
     done = client.batches.retrieve(batch.id)
     assert done.status == "completed" and done.output_file_id and done.error_file_id
-    errors = {json.loads(x)["custom_id"]: json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()}
+    errors = {
+        json.loads(x)["custom_id"]: json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()
+    }
     assert errors["rl"]["response"]["status_code"] == 429
     assert errors["img"]["response"]["status_code"] == 500
     assert [json.loads(x)["custom_id"] for x in client.files.content(done.output_file_id).text.splitlines()] == ["ok"]
@@ -454,7 +477,9 @@ def test_raw_http_pipelined_chunked_and_keepalive(server: ThreadedServer) -> Non
         + b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
     )  # fmt: skip
     first, second, models = _raw_exchange(server.port, data, 3)
-    assert json.loads(first)["choices"][0]["message"]["content"] == json.loads(second)["choices"][0]["message"]["content"]
+    assert (
+        json.loads(first)["choices"][0]["message"]["content"] == json.loads(second)["choices"][0]["message"]["content"]
+    )
     assert json.loads(models)["object"] == "list"
 
 

@@ -1,4 +1,4 @@
-"""``python -m tests.fakeserver``: run the fake OpenAI-compatible server in this process until SIGINT/SIGTERM."""
+"""``python -m tests.fakeserver``: run the fake OpenAI-compatible server until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 

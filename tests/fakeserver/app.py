@@ -349,6 +349,11 @@ class App:
         return json_reply(payload, status, headers) if delay <= 0 else _delayed(payload, status, headers, delay)
 
     def _record_bad(self, reply: Reply) -> Reply:
+        """Count and log a chat request too broken to read (sha256 and model are then None)."""
+        self.log.append(
+            {"kind": "other", "status": reply.status, "sha256": None, "model": None, "has_image": False,
+             "n_items": None, "fault": None, "batch": False}
+        )  # fmt: skip
         self.chat_total += 1
         self.by_kind["other"] += 1
         self.by_status[str(reply.status)] += 1
@@ -582,9 +587,7 @@ class App:
 
 
 def _line(line_id: str, custom_id: Any, response: Any, error: Any) -> str:
-    return json.dumps(
-        {"id": line_id, "custom_id": custom_id, "response": response, "error": error}, ensure_ascii=False
-    )
+    return json.dumps({"id": line_id, "custom_id": custom_id, "response": response, "error": error}, ensure_ascii=False)
 
 
 def _delayed(payload: dict[str, Any], status: int, headers: list[tuple[str, str]], delay: float) -> Reply:

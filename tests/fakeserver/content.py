@@ -28,7 +28,6 @@ REWRITTEN_HEADING = "### Rewritten Q&A&S"
 GIVEN_HEADING = "### Given Q&A&S"
 QAS_KEYS = ("image_position", "objects", "skills", "format", "question", "steps", "answer")
 
-_JUDGE_LINE = re.compile(r"^[ \t]*### Original Q&A&S[ \t:]*$", re.MULTILINE)
 _FENCE = re.compile(r"```json[ \t]*\r?\n?", re.IGNORECASE)
 _DECODER = json.JSONDecoder()
 
@@ -77,8 +76,7 @@ REASONS_NO = (
     "The rewrite drifts away from the content of the image.",
 )
 MALFORMED_TEXT = (
-    "I am sorry, but I cannot rewrite these questions right now. "
-    "Please try again later with a different image."
+    "I am sorry, but I cannot rewrite these questions right now. Please try again later with a different image."
 )
 
 
@@ -160,9 +158,22 @@ def read_messages(messages: list[Any]) -> PromptInfo:
     return PromptInfo(text=last_user, has_image=has_image, prompt_chars=chars, images=images)
 
 
+def _has_heading_line(text: str, heading: str) -> bool:
+    """Whether ``heading`` starts a line of ``text`` (str.find: a MULTILINE regex is slow on long text)."""
+    pos = text.find(heading)
+    while pos >= 0:
+        line_start = text.rfind("\n", 0, pos) + 1
+        end = pos + len(heading)
+        at_word_end = end == len(text) or not (text[end].isalnum() or text[end] == "_")
+        if not text[line_start:pos].strip(" \t") and at_word_end:
+            return True
+        pos = text.find(heading, end)
+    return False
+
+
 def classify(text: str) -> Kind:
     """Which of the three prompt kinds ``text`` is."""
-    if _JUDGE_LINE.search(text):
+    if _has_heading_line(text, JUDGE_HEADING):
         return "judge"
     if GIVEN_HEADING in text:
         return "evolve"

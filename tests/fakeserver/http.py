@@ -204,10 +204,7 @@ class HttpProtocol(asyncio.Protocol):
         del buf[:end]
         self.sent_continue = False
         connection = headers.get("connection", "").lower()
-        if version == "HTTP/1.0":
-            keep_alive = "keep-alive" in connection
-        else:
-            keep_alive = "close" not in connection
+        keep_alive = "keep-alive" in connection if version == "HTTP/1.0" else "close" not in connection
         return Request(method.upper(), target, headers, body), keep_alive
 
     def _maybe_continue(self, headers: dict[str, str]) -> None:

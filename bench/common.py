@@ -1,0 +1,195 @@
+"""Paths, bounded subprocess runs with rusage, and the fake server process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SCRATCH = REPO / ".bench"
+DATA = SCRATCH / "data"
+VENVS = SCRATCH / "venvs"
+LOGS = SCRATCH / "logs"
+PY = sys.executable
+DEMO_SEEDS = (REPO.parent / "shared" / "data" / "mmevol_demo_seeds.jsonl").resolve()
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def evolve_cmd() -> list[str]:
+    """How to call the evolve CLI: the installed script when present, else ``python -m evolve``."""
+    script = Path(PY).parent / "evolve"
+    return [str(script)] if script.exists() else [PY, "-m", "evolve"]
+
+
+@dataclass
+class Proc:
+    """A finished child process: exit code, wall time, its rusage (children included) and output files."""
+
+    rc: int
+    wall: float
+    cpu: float
+    maxrss_mb: float
+    timed_out: bool
+    stdout: str = ""
+    stderr: str = ""
+
+
+def run(
+    cmd: Sequence[str],
+    *,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO,
+    log: Path | None = None,
+) -> Proc:
+    """Run ``cmd`` to completion (killed after ``timeout`` s) and read its own rusage with ``os.wait4``."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log = log or LOGS / "last.log"
+    out_path = log.with_suffix(".out")
+    full_env = {**os.environ, **(env or {})}
+    with open(out_path, "wb") as out, open(log, "wb") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=full_env, cwd=cwd, start_new_session=True)
+        timed_out = False
+        deadline = start + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                timed_out = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                _, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.005)
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Proc(
+        rc=proc.returncode,
+        wall=wall,
+        cpu=usage.ru_utime + usage.ru_stime,
+        maxrss_mb=usage.ru_maxrss / 1024,
+        timed_out=timed_out,
+        stdout=out_path.read_text("utf-8", "replace"),
+        stderr=log.read_text("utf-8", "replace"),
+    )
+
+
+@dataclass
+class Poller:
+    """Samples the server's chat request counter ~50 times a second to find the active window."""
+
+    port: int
+    kinds: tuple[str, ...] | None = ("evolve", "judge")
+    interval: float = 0.02
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Begin sampling in a daemon thread."""
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError, ValueError):
+                self.samples.append((time.perf_counter(), count(stats(self.port), self.kinds)))
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        """Stop sampling."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def window(self, latency: float) -> tuple[float, float] | None:
+        """(first request seen, last request seen + latency) in perf_counter seconds, or None."""
+        first = next((t for t, n in self.samples if n > 0), None)
+        if first is None:
+            return None
+        final = self.samples[-1][1]
+        last = next(t for t, n in self.samples if n >= final)
+        # Both ends are seen up to one interval late: the first arrival by ~interval/2 on average, so shift it.
+        return first - self.interval / 2, last - self.interval / 2 + latency
+
+
+def count(server_stats: dict[str, Any], kinds: tuple[str, ...] | None) -> int:
+    """Chat requests of the given kinds (all when None) in a stats answer."""
+    if kinds is None:
+        return int(server_stats["total"])
+    return sum(int(server_stats["by_kind"].get(k, 0)) for k in kinds)
+
+
+def stats(port: int) -> dict[str, Any]:
+    """The fake server's counters."""
+    with _OPENER.open(f"http://127.0.0.1:{port}/_control/stats", timeout=5) as resp:
+        result: dict[str, Any] = json.loads(resp.read())
+        return result
+
+
+@contextlib.contextmanager
+def fake_server(latency: float, tag: str = "server") -> Iterator[int]:
+    """Run ``python -m tests.fakeserver`` in its own process on 127.0.0.1; yields the port."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    port_file = SCRATCH / f"port-{os.getpid()}-{tag}"
+    port_file.unlink(missing_ok=True)
+    cmd = [PY, "-m", "tests.fakeserver", "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
+           "--latency", str(latency), "--log-max", "1000", "--model", "m"]  # fmt: skip
+    with open(LOGS / f"{tag}.log", "wb") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 20
+        while not port_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"fake server did not start (see {LOGS / f'{tag}.log'})")
+            time.sleep(0.02)
+        port = int(port_file.read_text().strip())
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        port_file.unlink(missing_ok=True)
+
+
+def machine_info() -> dict[str, Any]:
+    """nproc, CPU model, memory, Python version, kernel and date."""
+    import datetime
+    import platform
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_gb = 0.0
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gb": mem_gb,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
