@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,7 +194,17 @@ def eliminate(
     parents = load_parents(parents_file) if parents_file else None
     eliminator = Eliminator(config, out, message)
     pairs = iter_pairs(evolved, parents, message)
-    return asyncio.run(eliminator.run(pairs, evolved.parent))
+    return asyncio.run(eliminator.run(pairs, image_base(evolved, parents_file)))
+
+
+def image_base(evolved: Path, parents_file: Path | None) -> Path:
+    """The folder relative image paths start from: the seed file's (found through a run's run.json or
+    --parents), else the evolved file's own."""
+    run_json = evolved.resolve().parent.parent / "run.json"
+    if run_json.exists():
+        with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
+            return Path(json.loads(run_json.read_text(encoding="utf-8"))["seeds"][0]).parent
+    return (parents_file or evolved).parent
 
 
 def baseline(config: RunConfig, seeds: Path, out: Path, message: Callable[[str], None]) -> EliminationResult:

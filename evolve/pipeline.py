@@ -381,7 +381,7 @@ class Runner:
                 "created": summary.get("created", now),
                 "updated": now,
                 "status": "running",
-                "seeds": [str(p) for p in self.seeds],
+                "seeds": [str(p.resolve()) for p in self.seeds],
                 "config": self.config.public(),
                 "fingerprint": new_print,
                 "prompt_hashes": prompts.hashes(),

@@ -173,11 +173,11 @@ def _density_scores(col: ColumnStats) -> dict[str, int]:
 
 
 def _kde(values: np.ndarray, weights: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Weighted Gaussian kernel density with Silverman's bandwidth (at least 0.25 score points)."""
+    """Weighted Gaussian kernel density, Silverman's bandwidth but at least 0.45 (scores are mostly integers)."""
     total = weights.sum()
     mean = float((values * weights).sum() / total)
     std = math.sqrt(float((weights * (values - mean) ** 2).sum() / total))
-    bandwidth = max(0.25, 1.06 * std * total ** (-0.2)) if std > 0 else 0.4
+    bandwidth = max(0.45, 1.06 * std * total ** (-0.2))
     z = (grid[:, None] - values[None, :]) / bandwidth
     density: np.ndarray = (np.exp(-0.5 * z * z) * weights).sum(axis=1) / (total * bandwidth * math.sqrt(2 * math.pi))
     return density

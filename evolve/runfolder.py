@@ -253,6 +253,7 @@ def _purge(path: Path, seed_ids: set[str]) -> None:
 
 def concat_files(sources: list[Path], target: Path) -> int:
     """Write the lines of several JSONL files into one (atomically); returns the line count."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     count = 0
     with tmp.open("wb") as dst:

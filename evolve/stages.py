@@ -13,7 +13,7 @@ from pathlib import Path
 from evolve.accounting import TokenUsage
 from evolve.client import ChatClient, ChatRequest, ChatResult
 from evolve.config import RunConfig
-from evolve.errors import AnswerParseError, EndpointError, FatalEndpointErrors
+from evolve.errors import AnswerParseError, EndpointError, FatalEndpointErrors, ImageError
 from evolve.images import EncodedImage, ImageEncoder
 from evolve.operators import choose_operator
 from evolve.parse import parse_qas, parse_verdicts
@@ -82,9 +82,9 @@ async def evolve_sample(
 ) -> tuple[str, Sample | Drop]:
     """Rewrite all Q&A&S of a sample with the operator drawn for it; a failure is a Drop."""
     operator, text = evolution_request(ctx, sample, round_number)
-    images = await _images(ctx, image, ctx.config.images == "send")
     new_id = child_id(sample.seed_id, round_number)
     try:
+        images = await _images(ctx, image, ctx.config.images == "send")
         result = await ctx.client.chat(ChatRequest(system=ctx.prompts.system, text=text, images=images))
         _count(usage, result)
         items = parse_qas(result.text)
@@ -92,6 +92,8 @@ async def evolve_sample(
         raise
     except EndpointError as exc:
         return operator, _drop(new_id, sample, round_number, "evolve", f"endpoint: {exc}", operator)
+    except ImageError as exc:
+        return operator, _drop(new_id, sample, round_number, "evolve", f"image: {exc}", operator)
     except AnswerParseError as exc:
         return operator, _drop(
             new_id, sample, round_number, "evolve", f"unreadable answer: {exc.reason}", operator, exc.raw
@@ -117,8 +119,8 @@ async def judge_sample(
 ) -> Sample | Drop:
     """Ask the judge about every rewrite of `child` against `parent`; returns the child with verdicts."""
     text = ctx.prompts.render_judge(parent, child)
-    images = await _images(ctx, image, ctx.config.images == "send" and ctx.config.judge_images)
     try:
+        images = await _images(ctx, image, ctx.config.images == "send" and ctx.config.judge_images)
         result = await ctx.judge_client.chat(
             ChatRequest(system=ctx.prompts.system, text=text, images=images)
         )
@@ -128,6 +130,8 @@ async def judge_sample(
         raise
     except EndpointError as exc:
         return _drop(child.id, child, child.round, "judge", f"endpoint: {exc}", child.operator, None, child)
+    except ImageError as exc:
+        return _drop(child.id, child, child.round, "judge", f"image: {exc}", child.operator, None, child)
     except AnswerParseError as exc:
         return _drop(
             child.id, child, child.round, "judge", f"unreadable verdicts: {exc.reason}",

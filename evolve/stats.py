@@ -457,14 +457,14 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
 
-def _verb_cell(col: ColumnStats, rank: int) -> Text:
+def _verb_cell(col: ColumnStats, rank: int, nouns: int) -> Text:
     if rank >= len(col.top_verbs):
         return Text("")
     verb = col.top_verbs[rank]
-    nouns = ", ".join(n.name for n in verb.nouns[:3])
     text = Text(f"{verb.verb} {verb.count:,}", style="bold", justify="left")
-    if nouns:
-        text.append(f": {nouns}", style="default")
+    names = ", ".join(n.name for n in verb.nouns[:nouns])
+    if names:
+        text.append(f"\n{names}", style="default")
     return text
 
 
@@ -474,7 +474,7 @@ def render_table(report: StatsReport, top: int = 10) -> Table:
     table = Table(title=f"evolve stats (verb–noun parser: {report.parser})", show_lines=False)
     table.add_column("measure", style="bold", no_wrap=True)
     for col in cols:
-        table.add_column(col.name, justify="right", overflow="fold", max_width=34)
+        table.add_column(col.name, justify="right", overflow="fold", min_width=12, max_width=34)
 
     def row(label: str, cells: Iterable[str | Text]) -> None:
         table.add_row(label, *cells)
@@ -497,7 +497,7 @@ def render_table(report: StatsReport, top: int = 10) -> Table:
     row("verb–noun entropy (bits)", (_num(c.pair_entropy_bits) for c in cols))
     row("no verb–noun pair", (_pct(c.no_pair_share) for c in cols))
     for rank in range(min(top, max((len(c.top_verbs) for c in cols), default=0))):
-        row(f"verb #{rank + 1}", (_verb_cell(c, rank) for c in cols))
+        row(f"verb #{rank + 1}", (_verb_cell(c, rank, 3 if len(cols) <= 2 else 2) for c in cols))
     table.add_section()
     row("objects from", (c.object_source for c in cols))
     row("object mentions", (_int(c.object_mentions) for c in cols))
