@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from evolve.errors import ImageError
+from evolve.errors import ImageError, ImageMissingError
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 """Largest image file accepted (bytes)."""
@@ -82,7 +82,7 @@ def check_image(path: Path, max_bytes: int = MAX_IMAGE_BYTES) -> None:
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise ImageError(f"image not found: {path}") from None
+        raise ImageMissingError(f"image not found: {path}") from None
     except OSError as exc:
         raise ImageError(f"image cannot be read: {path}: {exc.strerror or exc}") from exc
     if not path.is_file():
@@ -194,7 +194,7 @@ class ImageEncoder:
                 raise ImageError(f"image too large: {path} (limit {MAX_IMAGE_BYTES} bytes)")
             return path.read_bytes()
         except FileNotFoundError:
-            raise ImageError(f"image not found: {path}") from None
+            raise ImageMissingError(f"image not found: {path}") from None
         except IsADirectoryError:
             raise ImageError(f"image is not a file: {path}") from None
         except OSError as exc:

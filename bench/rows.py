@@ -1,0 +1,407 @@
+"""The six benchmark rows. Each returns table rows plus the raw measurements behind them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import setup
+from bench.common import DEMO_SEEDS, LOGS, PY, REPO, SCRATCH, evolve_cmd, run
+from bench.measure import Result, Spec, measure
+from bench.netns import available, measure_in_netns
+from bench.workload import prompts_file, seed_file
+
+SETTINGS: tuple[tuple[float, int], ...] = ((2.0, 256), (0.2, 64))
+"""(latency s, concurrency) of rows 2 and 4."""
+RAWLOOP = str(REPO / "bench" / "rawloop.py")
+PEER_DIR = REPO / "bench" / "peers"
+PEER_ENV = {
+    "TELEMETRY_ENABLED": "false",
+    "PYTHONPATH": str(PEER_DIR / "shim"),  # tiktoken stand-in: len(text) // 4 tokens
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "DO_NOT_TRACK": "1",
+    "NO_COLOR": "1",
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Workload sizes; ``quick()`` for the smoke run."""
+
+    samples: int = 2000  # rows 2 and 4: evolve + judge = 2 requests per sample
+    raw_l0_requests: int = 20_000
+    ceiling_samples: int = 5000
+    validate_lines: int = 1_000_000
+    validate_small: int = 10_000
+    mem_small: int = 10_000
+    mem_large: int = 100_000
+    stats_large_questions: int = 50_000
+    stats_demo: bool = True
+    stats_quick_questions: int = 0
+    dj_questions: int = 2000
+    concurrency_l0: int = 64
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        """~2 minutes."""
+        return cls(samples=400, raw_l0_requests=5000, ceiling_samples=1000, validate_lines=100_000,
+                   validate_small=10_000, mem_small=1000, mem_large=5000, stats_large_questions=0,
+                   stats_demo=False, stats_quick_questions=2000, dj_questions=300)  # fmt: skip
+
+
+@dataclass
+class Row:
+    """One table line."""
+
+    row: str
+    setting: str
+    measured: str
+    baseline: str
+    ratio: float | None
+    goal: str
+    met: bool | None
+    note: str = ""
+
+
+@dataclass
+class Outcome:
+    """A row's table lines and its raw data."""
+
+    rows: list[Row] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _fmt_rate(value: float) -> str:
+    return f"{value:,.0f} req/s" if value >= 100 else f"{value:,.1f} req/s"
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def _fail(row: str, setting: str, why: str) -> Row:
+    return Row(row, setting, "error", "—", None, "—", False, why[-160:])
+
+
+def _check(result: Result, expected: int | None) -> str | None:
+    """Why a throughput result is unusable, or None."""
+    if result.timed_out:
+        return f"timed out after {result.wall:.0f} s"
+    if result.rc != 0:
+        tail = (result.stderr_tail.strip().splitlines() or ["?"])[-1]
+        return f"exit {result.rc}: {tail}"
+    if expected is not None and result.requests != expected:
+        return f"server saw {result.requests} requests, expected {expected}"
+    if not result.window:
+        return "no request reached the server"
+    return None
+
+
+def _timeout(requests: int, latency: float, concurrency: int, floor_rate: float = 40.0) -> float:
+    """Generous bound: 4× the ideal time plus start-up, or ``floor_rate`` req/s, whichever is longer."""
+    ideal = requests * latency / concurrency
+    return max(4 * ideal, requests / floor_rate) + 120
+
+
+# row 1 -----------------------------------------------------------------------------------------------------
+def _small_prompts() -> Path:
+    path = SCRATCH / "data" / "prompts-short.jsonl"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"text": f"Say hello, number {i}."}) + "\n" for i in range(100)))
+    return path
+
+
+def raw_spec(tag: str, prompts: Path, requests: int, latency: float, concurrency: int, kinds: Any) -> Spec:
+    """The raw aiohttp loop as a measured client."""
+    cmd = [PY, RAWLOOP, "--base-url", "{base_url}", "--prompts", str(prompts), "--requests", str(requests),
+           "--concurrency", str(concurrency), "--max-seconds", str(_timeout(requests, latency, concurrency))]  # fmt: skip
+    return Spec(tag=tag, cmd=cmd, latency=latency, timeout=_timeout(requests, latency, concurrency) + 30, kinds=kinds)
+
+
+def row1(sizes: Sizes) -> Outcome:
+    """The server's ceiling (raw loop at L=0) and the raw loop at the two settings."""
+    out = Outcome()
+    c0 = sizes.concurrency_l0
+    for label, prompts, kinds in (
+        ("short prompts", _small_prompts(), None),
+        ("evolve/judge prompts ~14 KB", prompts_file(400), ["evolve", "judge"]),
+    ):
+        tag = "raw-l0-short" if kinds is None else "raw-l0"
+        r = measure(raw_spec(tag, prompts, sizes.raw_l0_requests, 0.0, c0, kinds))
+        out.data[tag] = r.as_dict()
+        setting = f"L=0, C={c0}, {label}"
+        why = _check(r, sizes.raw_l0_requests)
+        if why:
+            out.rows.append(_fail("1 server ceiling (raw aiohttp loop)", setting, why))
+            continue
+        note = f"raw loop CPU {r.cpu_ms:.2f} ms/req"
+        out.rows.append(Row("1 server ceiling (raw aiohttp loop)", setting, _fmt_rate(r.rate_window), "4,000 req/s",
+                            _ratio(r.rate_window, 4000), "≥ 4,000 req/s", r.rate_window >= 4000, note))  # fmt: skip
+    for latency, conc in SETTINGS:
+        tag = f"raw-L{latency}-C{conc}"
+        requests = 2 * sizes.samples
+        r = measure(raw_spec(tag, prompts_file(400), requests, latency, conc, ["evolve", "judge"]))
+        out.data[tag] = r.as_dict()
+        setting = f"L={latency:g} s, C={conc}"
+        why = _check(r, requests)
+        if why:
+            out.rows.append(_fail("1 raw aiohttp loop ÷ ideal", setting, why))
+            continue
+        ideal = conc / latency
+        out.rows.append(Row("1 raw aiohttp loop ÷ ideal", setting, _fmt_rate(r.rate_window), f"ideal {_fmt_rate(ideal)}",
+                            _ratio(r.rate_window, ideal), "reference", None, f"{requests} requests"))  # fmt: skip
+    return out
+
+
+# rows 2 and 3 ------------------------------------------------------------------------------------------------
+def evolve_spec(tag: str, seeds: Path, latency: float, concurrency: int, requests: int) -> Spec:
+    """``evolve run`` (one round, no images, no cache) as a measured client, in a fresh run folder."""
+    out_dir = SCRATCH / "runs" / tag
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [*evolve_cmd(), "run", str(seeds), "--out", str(out_dir), "--rounds", "1", "--images", "skip",
+           "--base-url", "{base_url}", "--api-key", "x", "--model", "m", "--concurrency", str(concurrency),
+           "--quiet", "--no-cache"]  # fmt: skip
+    return Spec(tag=tag, cmd=cmd, latency=latency, timeout=_timeout(requests, latency, concurrency, 20.0))
+
+
+def row2(sizes: Sizes) -> Outcome:
+    """evolve run at (L=2, C=256) and (L=0.2, C=64): achieved ÷ ideal."""
+    out = Outcome()
+    seeds = seed_file(sizes.samples)
+    requests = 2 * sizes.samples
+    goals = {2.0: 0.95, 0.2: 0.9}
+    for latency, conc in SETTINGS:
+        tag = f"evolve-L{latency}-C{conc}"
+        r = measure(evolve_spec(tag, seeds, latency, conc, requests))
+        out.data[tag] = r.as_dict()
+        setting = f"L={latency:g} s, C={conc}, {sizes.samples} samples"
+        why = _check(r, requests)
+        if why:
+            out.rows.append(_fail("2 evolve run ÷ ideal", setting, why))
+            continue
+        ideal = conc / latency
+        ratio = r.rate_window / ideal
+        goal = goals[latency]
+        note = f"incl. start-up: {r.rate_wall / ideal:.2f} of ideal ({r.wall:.1f} s wall); CPU {r.cpu_ms:.2f} ms/req"
+        out.rows.append(Row("2 evolve run ÷ ideal", setting, _fmt_rate(r.rate_window), f"ideal {_fmt_rate(ideal)}",
+                            ratio, f"≥ {goal}", ratio >= goal, note))  # fmt: skip
+    return out
+
+
+def row3(sizes: Sizes, raw: dict[str, Any]) -> Outcome:
+    """Ceiling at L=0: evolve's req/s ÷ the raw loop's, and CPU ms per request."""
+    out = Outcome()
+    c0 = sizes.concurrency_l0
+    seeds = seed_file(sizes.ceiling_samples)
+    requests = 2 * sizes.ceiling_samples
+    tag = f"evolve-L0-C{c0}"
+    r = measure(evolve_spec(tag, seeds, 0.0, c0, requests))
+    out.data[tag] = r.as_dict()
+    setting = f"L=0, C={c0}, {sizes.ceiling_samples} samples"
+    why = _check(r, requests)
+    base = raw.get("raw-l0")
+    if why or base is None:
+        out.rows.append(_fail("3 ceiling: evolve ÷ raw loop", setting, why or "raw loop row missing"))
+        return out
+    base_rate = float(base["rate_window"])
+    ratio = r.rate_window / base_rate
+    server_bound = base_rate < 4000
+    note = "raw loop is server-bound here (see row 1)" if server_bound else ""
+    out.rows.append(Row("3 ceiling: evolve ÷ raw loop", setting, _fmt_rate(r.rate_window), f"raw {_fmt_rate(base_rate)}",
+                        ratio, "≥ 0.5", ratio >= 0.5, note))  # fmt: skip
+    raw_ms = float(base["cpu_ms"])
+    cpu_ratio = raw_ms / r.cpu_ms if r.cpu_ms else None
+    # A client is ≥ 0.5 of the raw loop's ceiling only if its CPU per request is ≤ 2× the raw loop's.
+    out.rows.append(Row("3 CPU per request (client process)", setting, f"{r.cpu_ms:.2f} ms/req",
+                        f"raw {raw_ms:.2f} ms/req", cpu_ratio, "≥ 0.5 (raw ÷ evolve)",
+                        None if cpu_ratio is None else cpu_ratio >= 0.5,
+                        f"evolve process user+sys {r.cpu:.1f} s for {r.requests} req, start-up included"))  # fmt: skip
+    return out
+
+
+# row 4 -----------------------------------------------------------------------------------------------------
+def peer_spec(peer: str, latency: float, concurrency: int, requests: int) -> Spec:
+    """A peer script in its own venv, inside the namespace."""
+    workdir = SCRATCH / "work" / f"{peer}-L{latency}-C{concurrency}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    cmd = [str(setup.python_of(peer)), str(PEER_DIR / f"{peer}_peer.py"), "--base-url", "{base_url}",
+           "--prompts", str(prompts_file(400)), "--requests", str(requests), "--concurrency", str(concurrency),
+           "--workdir", str(workdir)]  # fmt: skip
+    env = dict(PEER_ENV, HOME=str(workdir), XDG_CACHE_HOME=str(workdir / "cache"))
+    return Spec(tag=f"{peer}-L{latency}-C{concurrency}", cmd=cmd, latency=latency, env=env,
+                timeout=_timeout(requests, latency, concurrency, 10.0))  # fmt: skip
+
+
+def row4(sizes: Sizes, evolve: dict[str, Any]) -> Outcome:
+    """curator and distilabel at both settings, in a loopback-only namespace; evolve ÷ each."""
+    out = Outcome()
+    requests = 2 * sizes.samples
+    reason = available()
+    for peer in ("curator", "distilabel"):
+        error = reason or setup.ensure(peer)
+        for latency, conc in SETTINGS:
+            setting = f"L={latency:g} s, C={conc}, {requests} req"
+            label = f"4 evolve ÷ {peer}"
+            if error:
+                out.rows.append(_fail(label, setting, error))
+                continue
+            spec = peer_spec(peer, latency, conc, requests)
+            try:
+                r = measure_in_netns(spec)
+            except RuntimeError as exc:
+                out.rows.append(_fail(label, setting, str(exc)))
+                continue
+            out.data[spec.tag] = r.as_dict()
+            why = _check(r, requests)
+            ev = evolve.get(f"evolve-L{latency}-C{conc}")
+            if why or ev is None:
+                out.rows.append(_fail(label, setting, why or "evolve row 2 missing"))
+                continue
+            ratio = float(ev["rate_window"]) / r.rate_window
+            ideal = conc / latency
+            note = f"{peer} at {r.rate_window / ideal:.2f} of ideal"
+            if peer == "curator":
+                note += "; tiktoken → len/4 stand-in"
+            out.rows.append(Row(label, setting, f"evolve {_fmt_rate(float(ev['rate_window']))}",
+                                f"{peer} {_fmt_rate(r.rate_window)}", ratio, "> 1", ratio > 1, note))  # fmt: skip
+    return out
+
+
+# row 5 -----------------------------------------------------------------------------------------------------
+def row5(sizes: Sizes) -> Outcome:
+    """Peak RSS: evolve validate on a large file; evolve run on a small and a 10× larger file at L=0."""
+    out = Outcome()
+    rss: dict[str, float] = {}
+    for lines in (sizes.validate_small, sizes.validate_lines):
+        path = seed_file(lines)
+        p = run([*evolve_cmd(), "validate", "--no-images", str(path)], timeout=900, log=LOGS / f"validate-{lines}.log")
+        out.data[f"validate-{lines}"] = {"rc": p.rc, "wall": p.wall, "cpu": p.cpu, "maxrss_mb": p.maxrss_mb,
+                                         "timed_out": p.timed_out, "stderr_tail": p.stderr[-1000:]}  # fmt: skip
+        if p.rc == 0 and not p.timed_out:
+            rss[f"validate-{lines}"] = p.maxrss_mb
+    small, large = rss.get(f"validate-{sizes.validate_small}"), rss.get(f"validate-{sizes.validate_lines}")
+    setting = f"validate --no-images, {sizes.validate_lines:,} vs {sizes.validate_small:,} lines"
+    if small and large:
+        wall = out.data[f"validate-{sizes.validate_lines}"]["wall"]
+        out.rows.append(Row("5 peak RSS: evolve validate", setting, f"{large:.0f} MB", f"{small:.0f} MB",
+                            large / small, "≤ 1.5 (flat)", large / small <= 1.5,
+                            f"{sizes.validate_lines / wall:,.0f} lines/s"))  # fmt: skip
+    else:
+        out.rows.append(_fail("5 peak RSS: evolve validate", setting, "validate failed (see .bench/logs)"))
+    for lines in (sizes.mem_small, sizes.mem_large):
+        tag = f"evolve-mem-{lines}"
+        r = measure(evolve_spec(tag, seed_file(lines), 0.0, sizes.concurrency_l0, 2 * lines))
+        out.data[tag] = r.as_dict()
+        why = _check(r, 2 * lines)
+        if why is None:
+            rss[tag] = r.maxrss_mb
+        else:
+            out.data[tag]["error"] = why
+    small, large = rss.get(f"evolve-mem-{sizes.mem_small}"), rss.get(f"evolve-mem-{sizes.mem_large}")
+    setting = f"run --rounds 1 --images skip, L=0, {sizes.mem_large:,} vs {sizes.mem_small:,} lines"
+    if small and large:
+        rate = out.data[f"evolve-mem-{sizes.mem_large}"]["rate_window"]
+        out.rows.append(Row("5 peak RSS: evolve run", setting, f"{large:.0f} MB", f"{small:.0f} MB", large / small,
+                            "≤ 1.5 (flat)", large / small <= 1.5, f"{rate:,.0f} req/s at {sizes.mem_large:,}"))  # fmt: skip
+    else:
+        why = next((d.get("error") for k, d in out.data.items() if k.startswith("evolve-mem") and d.get("error")), "")
+        out.rows.append(_fail("5 peak RSS: evolve run", setting, why or "run failed"))
+    return out
+
+
+# row 6 -----------------------------------------------------------------------------------------------------
+def _questions_in(path: Path) -> int:
+    with open(path, encoding="utf-8") as f:
+        return sum(len(json.loads(line).get("conversations_v0") or []) for line in f if line.strip())
+
+
+def seeds_with_questions(target: int) -> Path:
+    """The smallest generated seed file holding at least ``target`` questions."""
+    from bench.workload import demo_records
+
+    counts = [len(r.get("conversations_v0") or []) for r in demo_records()]
+    total = lines = 0
+    while total < target:
+        total += counts[lines % len(counts)]
+        lines += 1
+    return seed_file(lines)
+
+
+def _stats_rate(tag: str, seeds: Path, n: int, out: Outcome) -> tuple[float | None, float | None]:
+    """(evolve stats q/s, raw spaCy q/s), both whole-process (start-up and model load included)."""
+    ev = run([*evolve_cmd(), "stats", str(seeds), "--json", "-", "--quiet"], timeout=900, log=LOGS / f"stats-{tag}.log")
+    raw = run([PY, str(PEER_DIR / "spacy_raw.py"), str(seeds)], timeout=900, log=LOGS / f"spacy-{tag}.log")
+    raw_info: dict[str, Any] = {}
+    if raw.rc == 0:
+        raw_info = json.loads(raw.stdout.strip().splitlines()[-1])
+    out.data[f"stats-{tag}"] = {"questions": n, "rc": ev.rc, "wall": ev.wall, "cpu": ev.cpu, "maxrss_mb": ev.maxrss_mb,
+                                "stderr_tail": ev.stderr[-1500:], "timed_out": ev.timed_out}  # fmt: skip
+    out.data[f"spacy-{tag}"] = {"rc": raw.rc, "wall": raw.wall, "cpu": raw.cpu, **raw_info}
+    ev_rate = n / ev.wall if ev.rc == 0 and not ev.timed_out else None
+    raw_rate = n / raw.wall if raw.rc == 0 and not raw.timed_out else None
+    return ev_rate, raw_rate
+
+
+def row6(sizes: Sizes) -> Outcome:
+    """evolve stats questions/s ÷ raw spaCy nlp.pipe, and ÷ Data-Juicer DiversityAnalysis."""
+    out = Outcome()
+    cases: list[tuple[str, Path]] = []
+    if sizes.stats_demo:
+        cases.append(("demo", DEMO_SEEDS))
+    if sizes.stats_quick_questions:
+        cases.append((f"{sizes.stats_quick_questions // 1000}k", seeds_with_questions(sizes.stats_quick_questions)))
+    if sizes.stats_large_questions:
+        cases.append((f"{sizes.stats_large_questions // 1000}k", seeds_with_questions(sizes.stats_large_questions)))
+    first_rate: float | None = None
+    for tag, seeds in cases:
+        n = _questions_in(seeds)
+        ev_rate, raw_rate = _stats_rate(tag, seeds, n, out)
+        setting = f"{n:,} questions ({'shared demo seeds' if tag == 'demo' else 'generated'})"
+        if ev_rate is None or raw_rate is None:
+            why = out.data[f"stats-{tag}"]["stderr_tail"].strip().splitlines()[-1:] or ["raw spaCy failed"]
+            out.rows.append(_fail("6 stats: evolve ÷ raw spaCy", setting, why[0]))
+            continue
+        first_rate = first_rate or ev_rate
+        pipe = out.data[f"spacy-{tag}"]
+        note = f"whole process both; raw nlp.pipe alone {n / pipe['pipe_s']:,.0f} q/s"
+        out.rows.append(Row("6 stats: evolve ÷ raw spaCy", setting, f"{ev_rate:,.0f} q/s", f"spaCy {raw_rate:,.0f} q/s",
+                            ev_rate / raw_rate, "≥ 0.8", ev_rate / raw_rate >= 0.8, note))  # fmt: skip
+    # Data-Juicer: a subset of the first case's questions (it parses one question at a time: rate is flat).
+    tag, seeds = cases[0]
+    setting = f"first {sizes.dj_questions:,} questions of {tag}"
+    error = setup.ensure("datajuicer")
+    if error or first_rate is None:
+        out.rows.append(_fail("6 stats: evolve ÷ Data-Juicer", setting, error or "evolve stats failed"))
+        return out
+    workdir = SCRATCH / "work" / "datajuicer"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    dj = run([str(setup.python_of("datajuicer")), str(PEER_DIR / "datajuicer_peer.py"), str(seeds), "--limit",
+              str(sizes.dj_questions), "--workdir", str(workdir)], timeout=900, log=LOGS / "datajuicer.log",
+             env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})  # fmt: skip
+    if dj.rc != 0:
+        out.rows.append(_fail("6 stats: evolve ÷ Data-Juicer", setting, dj.stderr.strip()[-200:]))
+        return out
+    info = json.loads(dj.stdout.strip().splitlines()[-1])
+    out.data["datajuicer"] = {"rc": dj.rc, "wall": dj.wall, **info}
+    dj_rate = info["questions"] / info["compute_s"]
+    out.rows.append(Row("6 stats: evolve ÷ Data-Juicer", setting, f"evolve {first_rate:,.0f} q/s",
+                        f"DJ {dj_rate:,.0f} q/s", first_rate / dj_rate, "≥ 5", first_rate / dj_rate >= 5,
+                        "DJ: compute() only, full spaCy pipeline, model load not counted"))  # fmt: skip
+    return out
+
+
+def timed(fn: Any, *args: Any) -> tuple[Outcome, float]:
+    """Run one row, returning it and its duration."""
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - start
