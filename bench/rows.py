@@ -50,7 +50,7 @@ class Sizes:
     @classmethod
     def quick(cls) -> Sizes:
         """~2 minutes."""
-        return cls(samples=400, raw_l0_requests=5000, ceiling_samples=1000, validate_lines=100_000,
+        return cls(samples=512, raw_l0_requests=5000, ceiling_samples=1000, validate_lines=100_000,
                    validate_small=10_000, mem_small=1000, mem_large=5000, stats_large_questions=0,
                    stats_demo=False, stats_quick_questions=2000, dj_questions=300)  # fmt: skip
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from evolve.errors import EvolveError
+
+log = logging.getLogger("evolve.cache")
 
 KEY_VERSION = "v1"
 COMMIT_EVERY_SECONDS = 0.2
@@ -65,25 +68,30 @@ class Cache(Protocol):
 
 
 class ResponseCache:
-    """A SQLite-backed cache of answers (JSON objects), safe to share between processes."""
+    """A SQLite-backed cache of answers (JSON objects), safe to share between processes.
+
+    Two connections: reads on the caller's thread, batched writes on a worker thread when an event loop
+    runs (SQLite releases the GIL while it writes), so a commit never stalls the loop.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._wdb = self._connect()
             self._migrate()
+            self._rdb = self._connect()
         except sqlite3.Error as exc:
             raise CacheError(f"cannot open the response cache {self.path}: {exc}") from exc
-        self._lock = threading.RLock()
-        self._pending: dict[str, str] = {}
+        self._state = threading.Lock()  # guards the two dicts below (held for microseconds)
+        self._read_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one commit at a time
+        self._pending: dict[str, str] = {}  # put, not yet taken by a commit
+        self._writing: dict[str, str] = {}  # taken by the commit in progress
         self._first_pending = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._background = False  # a commit is scheduled on a worker thread
+        self._error: BaseException | None = None
         self._closed = False
         self.hits = 0
         self.misses = 0
@@ -91,9 +99,16 @@ class ResponseCache:
 
     request_key = staticmethod(request_key)
 
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
     # schema --------------------------------------------------------------------------------------
     def _migrate(self) -> None:
-        db = self._db
+        db = self._wdb
         db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied REAL NOT NULL)")
         done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
         if all(name in done for name, _ in MIGRATIONS):
@@ -112,18 +127,19 @@ class ResponseCache:
 
     def applied_migrations(self) -> list[str]:
         """Names of the migrations this database has applied, in order."""
-        with self._lock:
-            rows = self._db.execute("SELECT name FROM _migrations ORDER BY name").fetchall()
+        with self._read_lock:
+            rows = self._rdb.execute("SELECT name FROM _migrations ORDER BY name").fetchall()
         return [row[0] for row in rows]
 
     # get / put -----------------------------------------------------------------------------------
     def get(self, key: str) -> dict[str, Any] | None:
         """The cached answer for `key`, or None."""
-        with self._lock:
-            raw = self._pending.get(key)
-            if raw is None:
-                row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
-                raw = None if row is None else row[0]
+        with self._state:
+            raw = self._pending.get(key) or self._writing.get(key)
+        if raw is None:
+            with self._read_lock:
+                row = self._rdb.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+            raw = None if row is None else row[0]
         if raw is None:
             self.misses += 1
             return None
@@ -133,69 +149,115 @@ class ResponseCache:
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         """Store an answer; it is committed within ~0.2 s (or at the next `flush`)."""
+        if self._error is not None:
+            self._raise_background_error()
         raw = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        with self._lock:
+        with self._state:
             if self._closed:
                 raise CacheError(f"the response cache {self.path} is closed")
             if not self._pending:
                 self._first_pending = time.monotonic()
-                self._arm_timer()
             self._pending[key] = raw
             due = (
                 len(self._pending) >= COMMIT_EVERY_PUTS
                 or time.monotonic() - self._first_pending >= COMMIT_EVERY_SECONDS
             )
         if due:
-            self.flush()
+            self._commit_soon()
+        elif self._timer is None:
+            self._arm_timer()
 
     def flush(self) -> None:
-        """Commit every buffered answer now."""
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            if not self._pending:
-                return
-            rows = [(k, v, time.time()) for k, v in self._pending.items()]
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    self._db.executemany(
-                        "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)", rows
-                    )
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise CacheError(f"cannot write the response cache {self.path}: {exc}") from exc
-            self._pending.clear()
-            self.commits += 1
+        """Commit every buffered answer now (waits for a commit in progress)."""
+        self._cancel_timer()
+        self._commit()
+        if self._error is not None:
+            self._raise_background_error()
 
     def close(self) -> None:
         """Flush and close; further puts raise."""
-        with self._lock:
-            if self._closed:
-                return
-            try:
-                self.flush()
-            finally:
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            with self._write_lock, self._state:
                 self._closed = True
-                self._db.close()
+                self._wdb.close()
+                with self._read_lock:
+                    self._rdb.close()
 
     def __len__(self) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT COUNT(*) FROM responses").fetchone()
-            return int(row[0]) + sum(1 for k in self._pending if not self._has(k))
-
-    def _has(self, key: str) -> bool:
-        return self._db.execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone() is not None
+        self.flush()
+        with self._read_lock:
+            row = self._rdb.execute("SELECT COUNT(*) FROM responses").fetchone()
+        return int(row[0])
 
     def __enter__(self) -> ResponseCache:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # commits ---------------------------------------------------------------------------------------
+    def _commit(self) -> None:
+        """Write what is pending in one transaction (on the calling thread)."""
+        with self._write_lock:
+            with self._state:
+                if self._closed or not self._pending:
+                    return
+                batch, self._pending = self._pending, {}
+                self._writing = batch
+            rows = [(k, v, time.time()) for k, v in batch.items()]
+            try:
+                self._wdb.execute("BEGIN IMMEDIATE")
+                try:
+                    self._wdb.executemany(
+                        "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)", rows
+                    )
+                    self._wdb.execute("COMMIT")
+                except BaseException:
+                    self._wdb.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                with self._state:  # keep the answers: a later flush tries again
+                    self._pending = {**batch, **self._pending}
+                    self._writing = {}
+                raise CacheError(f"cannot write the response cache {self.path}: {exc}") from exc
+            with self._state:
+                self._writing = {}
+            self.commits += 1
+
+    def _commit_soon(self) -> None:
+        """Commit on a worker thread if an event loop runs here, else right away."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._commit()
+            return
+        if self._background:  # a commit is running: look again shortly
+            if self._timer is None:
+                self._arm_timer()
+            return
+        self._cancel_timer()
+        self._background = True
+        loop.run_in_executor(None, self._background_commit)
+
+    def _background_commit(self) -> None:
+        try:
+            self._commit()
+        except BaseException as exc:
+            log.warning("response cache write failed (will retry at the next flush): %s", exc)
+            self._error = exc
+        finally:
+            self._background = False
+
+    def _raise_background_error(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            self._commit()  # try again; raises if it still fails
+            if isinstance(error, CacheError):
+                log.info("response cache write succeeded on retry after: %s", error)
 
     def _arm_timer(self) -> None:
         """Commit after the interval even if no further put comes (only when an event loop runs here)."""
@@ -205,10 +267,15 @@ class ResponseCache:
             return
         self._timer = loop.call_later(COMMIT_EVERY_SECONDS, self._on_timer)
 
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
     def _on_timer(self) -> None:
         self._timer = None
-        if not self._closed:
-            self.flush()
+        if not self._closed and self._pending:
+            self._commit_soon()
 
 
 class NullCache:

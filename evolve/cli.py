@@ -232,6 +232,12 @@ def run(
     price_in: Annotated[float | None, typer.Option(help="US$ per million input tokens.")] = None,
     price_out: Annotated[float | None, typer.Option(help="US$ per million output tokens.")] = None,
     config_file: ConfigOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print round 1's requests and token/cost estimates; no calls.")
+    ] = False,
+    batch: Annotated[
+        bool, typer.Option("--batch", help="OpenAI Batch API: submit or collect one stage per invocation (cron).")
+    ] = False,
 ) -> None:
     """Evolve seeds for N rounds (evolve → judge → keep); the same command again resumes."""
     from evolve.pipeline import Runner
@@ -249,6 +255,9 @@ def run(
             price_in=price_in, price_out=price_out,
         )  # fmt: skip
         files = _seed_files(seeds)
+        if dry_run:
+            _print_dry_run(config, files)
+            return
         target = out_dir or Path("runs") / (seeds[0].stem if seeds[0].is_file() else seeds[0].resolve().name)
         logs = [target / "evolve.log"] + ([config.log_file] if config.log_file else [])
         messenger = Messenger(config.quiet, logs)
@@ -270,6 +279,28 @@ def run(
 
 def _fmt(value: Any, pattern: str = "{:,}") -> str:
     return "–" if value is None else pattern.format(value)
+
+
+def _print_dry_run(config: RunConfig, files: list[Path]) -> None:
+    from evolve.dryrun import dry_run
+
+    report = dry_run(config, files)
+    out.print(report.example, markup=False, highlight=False)
+    table = Table(title=f"evolve run --dry-run · {config.model} · {config.rounds} rounds", title_justify="left")
+    for column in ("", "requests", "input tokens", "output tokens", "est. cost US$"):
+        table.add_column(column, justify="right")
+    for label, usage, cost in (
+        ("round 1", report.round_one, report.cost_round_one),
+        (f"all {config.rounds} rounds", report.whole_run, report.cost_whole_run),
+    ):
+        table.add_row(label, f"{usage.requests:,}", f"~{usage.prompt_tokens:,}", f"~{usage.completion_tokens:,}",
+                      _fmt(cost, "{:.2f}"))  # fmt: skip
+    out.print(table)
+    operators = ", ".join(f"{k} {v:,}" for k, v in sorted(report.operators.items()))
+    out.print(
+        f"{report.samples:,} samples ({operators}), {report.images:,} with an image, {report.rejected:,} rejected; "
+        "tokens are characters/4 estimates, answers assumed ~700 tokens"
+    )
 
 
 SUMMARY_ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
@@ -378,13 +409,15 @@ def stats(
 ) -> None:
     """Diversity and complexity: verb–noun pairs, lengths, skills, steps, judge scores, object long tail."""
     from evolve import stats as core
-    from evolve.verbnoun import make_extractor
+    from evolve.verbnoun import BeneparExtractor, SpacyExtractor, VerbNounExtractor
 
     with _errors():
         if parser not in ("spacy", "benepar"):
             raise UsageError("--parser: expected spacy or benepar")
         inputs = core.resolve_inputs(paths)
-        extractor = make_extractor(parser, benepar_model)
+        extractor: VerbNounExtractor = (
+            SpacyExtractor() if parser == "spacy" else BeneparExtractor(benepar_model)
+        )
         report = core.compute_stats(inputs, extractor, progress=not quiet and json_out != Path("-"))
         if json_out == Path("-"):
             sys.stdout.write(report.model_dump_json(indent=2) + "\n")

@@ -117,7 +117,9 @@ def _sunburst(col: ColumnStats) -> Figure:
     ax.set_ylim(-1.05, 1.05)
     ax.axis("off")
     verbs = col.top_pair_verbs[:SUNBURST_VERBS]
-    fig.suptitle(f"{col.name}: root verbs (inner ring) and their direct-object nouns (outer ring)", fontsize=15, y=0.975)
+    fig.suptitle(
+        f"{col.name}: root verbs (inner ring) and their direct-object nouns (outer ring)", fontsize=15, y=0.975
+    )
     if not verbs:
         _note(ax, "no verb–noun pairs found in these questions")
         return fig
@@ -160,9 +162,7 @@ def _wedge(
     ax: Axes, theta1: float, theta2: float, radii: tuple[float, float], color: tuple[float, float, float]
 ) -> None:
     inner, outer = radii
-    ax.add_patch(
-        Wedge((0, 0), outer, theta1, theta2, width=outer - inner, facecolor=color, edgecolor="white", lw=1.2)
-    )
+    ax.add_patch(Wedge((0, 0), outer, theta1, theta2, width=outer - inner, facecolor=color, edgecolor="white", lw=1.2))
 
 
 def _density_scores(col: ColumnStats) -> dict[str, int]:

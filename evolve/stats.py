@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
@@ -176,9 +176,7 @@ def _run_folder(folder: Path) -> list[StatsInput]:
         judged = (baseline,) if baseline.is_file() else ()
         items.append(StatsInput(name="seeds", kind="seeds", paths=tuple(seeds), judged=judged))
     rounds = sorted(
-        (int(m.group(1)), child)
-        for child in folder.iterdir()
-        if child.is_dir() and (m := _ROUND_DIR.match(child.name))
+        (int(m.group(1)), child) for child in folder.iterdir() if child.is_dir() and (m := _ROUND_DIR.match(child.name))
     )
     for number, child in rounds:
         kept = child / "kept.jsonl"
@@ -320,9 +318,7 @@ def _top(counts: Counter[str], n: int) -> list[NameCount]:
     return [NameCount(name=k, count=v) for k, v in ranked]
 
 
-def _verb_stats(
-    questions: Counter[str], pairs: dict[str, VerbNoun]
-) -> tuple[Counter[str], Counter[tuple[str, str]]]:
+def _verb_stats(questions: Counter[str], pairs: dict[str, VerbNoun]) -> tuple[Counter[str], Counter[tuple[str, str]]]:
     verbs: Counter[str] = Counter()
     full: Counter[tuple[str, str]] = Counter()
     for question, n in questions.items():
@@ -396,9 +392,7 @@ def _stream(paths: Iterable[Path]) -> Iterator[Sample]:
         yield from load_samples(path)
 
 
-def compute_stats(
-    inputs: Sequence[StatsInput], extractor: VerbNounExtractor, progress: bool = True
-) -> StatsReport:
+def compute_stats(inputs: Sequence[StatsInput], extractor: VerbNounExtractor, progress: bool = True) -> StatsReport:
     """Read every column once (streaming), parse each distinct question once, and return the report."""
     console = Console(stderr=True)
     bar = Progress(

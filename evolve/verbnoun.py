@@ -33,8 +33,17 @@ Rules, shape by shape (spaCy dependency labels; the constituency walk applies th
   subject (the logical object) when that is a noun: "The car was parked by whom?" → (park, car).
 - **Fragments** — a root that is not a verb, not a copula and not a mis-tagged imperative ("Man holding an
   umbrella?"): the shallowest verb below it (breadth first, left to right) with its object → (hold, umbrella).
+- **Several sentences** — only the first counts: "That's beautiful. Can you describe the car?" → (None, None).
 - Nouns are the head noun (the ``dobj`` token itself; in a tree, the last noun of the base NP), so "the hotel
   sign" gives "sign"; only ``NOUN``/``PROPN`` (``NN*``) count, pronouns and numbers give None.
+
+On constituency trees the "verb closest to the root" is found by walking the clause spine (TOP → S, SQ,
+SBARQ, SINV, SBAR) to the first VP; an auxiliary, modal or "to" head whose VP holds another VP hands over to
+it (a *be* auxiliary before a VBN marks a passive, whose subject NP supplies the noun); a *be* head with no
+inner VP, or a verb directly under SQ with no VP ("Is there a dog?"), is a copula → (None, None). The object
+is the first NP child of that VP whose head (last ``NN*`` of the base NP) is a noun, scanning past a bare
+conjunction ("Identify and count the apples") but not past one that follows other material. With no verb on
+the spine, the shallowest VP anywhere is used.
 
 Backends: :class:`SpacyExtractor` (default) batches ``nlp.pipe`` with ``ner`` excluded and the lemmatizer
 disabled (the lemma of the two chosen tokens is computed on demand), caching one result per distinct cut
@@ -45,6 +54,7 @@ Neural Parser (``benepar_en3``, optional extra ``evolve[benepar]``) for the tree
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -135,10 +145,8 @@ class _Lemmas:
             return
         if getattr(component, "mode", None) == "rule":
             self._lemmatize = component.rule_lemmatize
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 self.verbs = frozenset(component.lookups.get_table("lemma_index").get("verb", []))
-            except (KeyError, ValueError):
-                pass
         elif hasattr(component, "lemmatize"):
             self._lemmatize = component.lemmatize
 
@@ -233,9 +241,13 @@ def _misparsed_progressive(root: Token) -> Token | None:
     for child in root.children:
         if child.dep_ == "nsubj":
             for token in child.subtree:
-                if token.dep_ == "acl" and token.tag_ == "VBG" and token.i > child.i:
-                    if not any(c.dep_ in ("nsubj", "dobj") for c in token.children):
-                        return token
+                if (
+                    token.dep_ == "acl"
+                    and token.tag_ == "VBG"
+                    and token.i > child.i
+                    and not any(c.dep_ in ("nsubj", "dobj") for c in token.children)
+                ):
+                    return token
     return None
 
 

@@ -10,6 +10,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from evolve.records import Loaded, read_samples
+
 
 def lines(path: Path) -> list[dict[str, Any]]:
     """The JSON records of a JSONL file (none when it is absent)."""
@@ -55,7 +57,7 @@ def main() -> int:
     args = parser.parse_args()
     errors: list[str] = []
 
-    seed_ids = [r["id"] for r in lines(args.seeds)]
+    seed_ids = [item.sample.seed_id for item in read_samples(args.seeds) if isinstance(item, Loaded)]
     round1 = args.run / "round-1"
     evolved = lines(round1 / "evolved.jsonl")
     drops = lines(round1 / "dropped.jsonl")
@@ -71,7 +73,8 @@ def main() -> int:
         errors.append(f"run: seeds unaccounted for: {sorted(set(seed_ids) - evolved_ids - evolve_failed)}")
     judged_ids = {r["seed_id"] for r in lines(round1 / "judged.jsonl")}
     if (judged_ids | judge_failed) != evolved_ids:
-        errors.append(f"run: evolved but neither judged nor dropped at judge: {sorted(evolved_ids - judged_ids - judge_failed)}")
+        lost = sorted(evolved_ids - judged_ids - judge_failed)
+        errors.append(f"run: evolved but neither judged nor dropped at judge: {lost}")
     counts = check_judged(round1, "run", errors)
     print("run round 1:", dict(counts))
 
@@ -89,7 +92,10 @@ def main() -> int:
     elim_total = elim_counts["judged"] + elim_counts["dropped(judge)"]
     print("eliminate:", dict(elim_counts))
     if elim_total != len(evolved):
-        errors.append(f"eliminate: judged {elim_counts['judged']} + failed {elim_counts['dropped(judge)']} != {len(evolved)} evolved")
+        errors.append(
+            f"eliminate: judged {elim_counts['judged']} + failed {elim_counts['dropped(judge)']}"
+            f" != {len(evolved)} evolved"
+        )
     for reason, n in reasons(args.eliminate).most_common():
         print(f"  {n:3d}  {reason}")
 

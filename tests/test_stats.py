@@ -47,10 +47,24 @@ JUDGED = [
     {
         "id": "a",
         "qa": [
-            item("Describe the car.", "A red car.", skills=["a", "b"], steps=["s1", "s2", "s3"],
-                 objects=["Car", "tree"], improved=True, score=8),
-            item("Count the apples.", "There are five apples.", skills=["a"], steps=["s1"],
-                 objects=["apple"], improved=True, score=6),
+            item(
+                "Describe the car.",
+                "A red car.",
+                skills=["a", "b"],
+                steps=["s1", "s2", "s3"],
+                objects=["Car", "tree"],
+                improved=True,
+                score=8,
+            ),
+            item(
+                "Count the apples.",
+                "There are five apples.",
+                skills=["a"],
+                steps=["s1"],
+                objects=["apple"],
+                improved=True,
+                score=6,
+            ),
             item("Describe the car.", "It is parked.", objects=["car"], improved=False, score=4),
         ],
     },
@@ -59,8 +73,13 @@ JUDGED = [
         "objects": [{"label": "stop sign", "bbox": [0, 0, 1, 1]}],
         "qa": [
             item("What color is the sign?", "Red.", skills=["x"], steps=["s1", "s2"], objects=["sign", "car"]),
-            item("Identify and count the apples.", "Two green apples and one red.",
-                 objects=["apple", "tree"], improved=True, score=7),
+            item(
+                "Identify and count the apples.",
+                "Two green apples and one red.",
+                objects=["apple", "tree"],
+                improved=True,
+                score=7,
+            ),
         ],
     },
 ]
@@ -253,7 +272,7 @@ def test_bad_inputs_are_input_errors(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"seeds": ["gone.jsonl"]}), encoding="utf-8")
-    with pytest.raises(InputError, match="seed file gone.jsonl not found"):
+    with pytest.raises(InputError, match=r"seed file gone\.jsonl not found"):
         resolve_inputs([run])
     (run / "run.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(InputError, match="unreadable"):

@@ -130,8 +130,7 @@ TREES = [
         (None, None),
     ),
     (
-        "(TOP (SBARQ (WHNP (WHADJP (WRB How) (JJ many)) (NNS people)) (SQ (VP (VBP are) (ADVP (RB there))))"
-        " (. ?)))",
+        "(TOP (SBARQ (WHNP (WHADJP (WRB How) (JJ many)) (NNS people)) (SQ (VP (VBP are) (ADVP (RB there)))) (. ?)))",
         None,
         (None, None),
     ),
