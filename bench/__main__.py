@@ -1,7 +1,8 @@
 """``python -m bench`` (``make bench``): run every row, print one table, write bench/results.json and results.md.
 
 Environment: ``BENCH_QUICK=1`` smaller sizes (~2-3 min smoke run); ``BENCH_ROWS=1,2,3`` only these rows (row 3
-needs row 1's raw loop and row 4 needs row 2's evolve figures: they are run too when missing).
+needs row 1's raw loop and row 4 needs row 2's evolve figures: they are run too when missing); ``BENCH_WAIT_IDLE=S`` waits up to S seconds
+for the load average to fall below 1.5 first (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ def _evolve_ready() -> str | None:
     """None when ``evolve run --help`` works."""
     p = run([*evolve_cmd(), "run", "--help"], timeout=60)
     return None if p.rc == 0 else f"`evolve run --help` exited {p.rc}"
+
+
+def wait_idle(limit: float, console: Console) -> None:
+    """Wait (at most ``limit`` s) until the 1-minute load average drops below 1.5: a shared machine skews rates."""
+    deadline = time.monotonic() + limit
+    if limit > 0 and os.getloadavg()[0] >= 1.5:
+        console.print(f"bench: load average {os.getloadavg()[0]:.1f}; waiting up to {limit:.0f} s for a quieter machine")
+    while os.getloadavg()[0] >= 1.5 and time.monotonic() < deadline:
+        time.sleep(5)
 
 
 def table(lines: list[rows.Row], console: Console) -> None:
@@ -93,13 +103,17 @@ def main() -> int:
         if key in ("3", "4"):
             args = (sizes, data)
         plan.append((key, fn, args))
+    wait_idle(float(os.environ.get("BENCH_WAIT_IDLE", "0") or 0), console)
+    loads: dict[str, list[float]] = {}
     for key, fn, args in plan:
-        console.print(f"bench: row {key} ...", highlight=False)
+        console.print(f"bench: row {key} ... (load average {os.getloadavg()[0]:.1f})", highlight=False)
+        before = os.getloadavg()[0]
         try:
             outcome, seconds = rows.timed(fn, *args)
         except Exception as exc:  # one broken row must not lose the others
             outcome, seconds = rows.Outcome(rows=[rows._fail(f"{key} (crashed)", "—", repr(exc))]), 0.0
         timings[f"row {key}"] = seconds
+        loads[f"row {key}"] = [round(before, 2), round(os.getloadavg()[0], 2)]
         data.update(outcome.data)
         lines.extend(outcome.rows)
         console.print(f"bench: row {key} done in {seconds:.0f} s", highlight=False)
@@ -108,6 +122,10 @@ def main() -> int:
     machine = machine_info()
     table(lines, console)
     console.print(f"total {total / 60:.1f} min; " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    busiest = max((max(v) for v in loads.values()), default=0.0)
+    if busiest > 2.5:
+        console.print(f"[yellow]warning: load average reached {busiest:.1f} on {machine['nproc']} cores during the run: "
+                      "other processes competed for CPU; throughput figures are pessimistic[/]")
     result = {
         "machine": machine,
         "quick": quick,
@@ -115,6 +133,7 @@ def main() -> int:
         "evolve_cmd": evolve_cmd(),
         "total_seconds": total,
         "timings": timings,
+        "load_average": loads,
         "rows": [asdict(r) for r in lines],
         "measurements": data,
     }

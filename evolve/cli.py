@@ -88,9 +88,7 @@ ApiKeyOpt = Annotated[
 ]
 ConcurrencyOpt = Annotated[int | None, typer.Option(help="Requests in flight [default: 64].")]
 TimeoutOpt = Annotated[float | None, typer.Option(help="Seconds per request [default: 120].")]
-ImagesOpt = Annotated[
-    str | None, typer.Option(help="send: images as JPEG data URLs; skip: text only [default: send].")
-]
+ImagesOpt = Annotated[str | None, typer.Option(help="send: images as JPEG data URLs; skip: text only [default: send].")]
 ImageRootOpt = Annotated[Path | None, typer.Option(help="Folder image paths are relative to.")]
 MinScoreOpt = Annotated[float | None, typer.Option(help="Keep rewrites scoring at least this [default: 0].")]
 JudgeModelOpt = Annotated[str | None, typer.Option(help="Judge model (default: --model).")]
@@ -144,9 +142,7 @@ def validate(
     seeds: Annotated[list[Path], typer.Argument(help="Seed files (JSONL or JSON array) or folders.")],
     image_root: ImageRootOpt = None,
     no_images: Annotated[bool, typer.Option("--no-images", help="Do not check images.")] = False,
-    fmt: Annotated[
-        str | None, typer.Option("--format", help="Force a format: mmevol, llava or sharegpt.")
-    ] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="Force a format: mmevol, llava or sharegpt.")] = None,
     strict: Annotated[bool, typer.Option(help="Stop at the first bad line.")] = False,
 ) -> None:
     """Load seed files; report counts per format, bad lines and missing or unreadable images (exit 0/2)."""
@@ -164,9 +160,7 @@ def validate(
                 if strict:
                     raise UsageError("stopped at the first bad line (--strict)")
 
-            report = validate_file(
-                path, image_root=image_root, check_images=not no_images, fmt=fmt, on_problem=problem  # type: ignore[arg-type]
-            )
+            report = validate_file(path, image_root=image_root, check_images=not no_images, fmt=fmt, on_problem=problem)
             for line in report.image_problems[:5]:
                 err.print(line, markup=False, highlight=False)
             if len(report.image_problems) > 5:
@@ -193,9 +187,7 @@ def validate(
 @app.command()
 def run(
     seeds: Annotated[list[Path], typer.Argument(help="Seed files (JSONL or JSON array) or folders of them.")],
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Run folder [default: runs/<seed name>].")
-    ] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder [default: runs/<seed name>].")] = None,
     rounds: Annotated[int | None, typer.Option(help="Evolution rounds [default: 3].")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the operator choice [default: 0].")] = None,
     weights: Annotated[
@@ -403,7 +395,9 @@ def stats(
     paths: Annotated[list[Path], typer.Argument(help="Seed/evolved files, or a run folder.")],
     parser: Annotated[str, typer.Option(help="Verb–noun parser: spacy or benepar.")] = "spacy",
     benepar_model: Annotated[str | None, typer.Option(help="Path or name of the benepar model.")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the numbers as JSON here ('-' = stdout).")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the numbers as JSON here ('-' = stdout).")
+    ] = None,
     plots: Annotated[Path | None, typer.Option(help="Write PNG figures into this folder.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table or progress.")] = False,
 ) -> None:
@@ -415,9 +409,7 @@ def stats(
         if parser not in ("spacy", "benepar"):
             raise UsageError("--parser: expected spacy or benepar")
         inputs = core.resolve_inputs(paths)
-        extractor: VerbNounExtractor = (
-            SpacyExtractor() if parser == "spacy" else BeneparExtractor(benepar_model)
-        )
+        extractor: VerbNounExtractor = SpacyExtractor() if parser == "spacy" else BeneparExtractor(benepar_model)
         report = core.compute_stats(inputs, extractor, progress=not quiet and json_out != Path("-"))
         if json_out == Path("-"):
             sys.stdout.write(report.model_dump_json(indent=2) + "\n")
@@ -480,4 +472,3 @@ def init(
 def main() -> None:
     """Console-script entry point."""
     app()
-

@@ -49,9 +49,7 @@ class EliminationResult:
         return data
 
 
-async def bounded_map(
-    items: Iterable[T], func: Callable[[T], Awaitable[R]], concurrency: int
-) -> AsyncIterator[R]:
+async def bounded_map(items: Iterable[T], func: Callable[[T], Awaitable[R]], concurrency: int) -> AsyncIterator[R]:
     """Apply an async function to a stream with at most `concurrency` calls in flight; results as they end."""
     pending: set[asyncio.Task[R]] = set()
     for item in items:
@@ -79,9 +77,7 @@ def _embedded_pair(raw: dict[str, Any], where: str) -> tuple[Sample, Sample] | N
     without_newest = {k: v for k, v in raw.items() if k != f"{_NATIVE_PREFIX}{newest}"}
     parent, _ = parse_record(without_newest, where, "mmevol")
     child, _ = parse_record(raw, where, "mmevol")
-    child = child.model_copy(
-        update={"id": f"{child.id}@r{newest}", "round": newest, "parent_id": parent.id}
-    )
+    child = child.model_copy(update={"id": f"{child.id}@r{newest}", "round": newest, "parent_id": parent.id})
     return parent, child
 
 

@@ -81,9 +81,7 @@ class RequestRejected(EndpointError):
 class TransientEndpointError(EndpointError):
     """429, 5xx, timeouts and connection errors: worth retrying after `retry_after` seconds if given."""
 
-    def __init__(
-        self, message: str, *, status: int | None = None, retry_after: float | None = None
-    ) -> None:
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
 

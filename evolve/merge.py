@@ -82,7 +82,7 @@ def _merged_summary(summaries: list[tuple[Path, dict[str, Any]]], rounds: int, f
                 cost = (cost or 0.0) + float(part["cost_usd"])
         total.merge(usage)
         merged_rounds[str(number)] = {"usage": usage.as_dict(), "cost_usd": cost}
-    costs = [s.get("cost_usd") for _, s in summaries if s.get("cost_usd") is not None]
+    costs = [float(s["cost_usd"]) for _, s in summaries if s.get("cost_usd") is not None]
     first.update(
         {
             "updated": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -99,4 +99,3 @@ def _merged_summary(summaries: list[tuple[Path, dict[str, Any]]], rounds: int, f
     for key in _SUMMED:
         first[key] = sum(int(s.get(key) or 0) for _, s in summaries)
     return first
-

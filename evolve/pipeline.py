@@ -96,9 +96,7 @@ def count_lines(paths: list[Path]) -> int:
     return total
 
 
-def iter_seeds(
-    paths: list[Path], config: RunConfig
-) -> Iterator[tuple[Sample, Path | str | None] | Drop]:
+def iter_seeds(paths: list[Path], config: RunConfig) -> Iterator[tuple[Sample, Path | str | None] | Drop]:
     """Good seeds with their resolved image, or a Drop (stage input) for each unusable one."""
     shard = config.shard_pair()
     for path in paths:
@@ -238,10 +236,7 @@ class Runner:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, self._on_signal, sig)
-            workers = [
-                asyncio.create_task(self._worker(ctx, queue, states))
-                for _ in range(self.config.concurrency)
-            ]
+            workers = [asyncio.create_task(self._worker(ctx, queue, states)) for _ in range(self.config.concurrency)]
             producer = asyncio.create_task(self._produce(queue))
             try:
                 await self._wait(workers, producer, queue)
@@ -256,9 +251,9 @@ class Runner:
         producer: asyncio.Task[None],
         queue: asyncio.Queue[tuple[Sample, Path | str | None] | None],
     ) -> None:
-        everything = asyncio.gather(producer, *workers)
-        stop = asyncio.create_task(self._stopping.wait())
-        await asyncio.wait([everything, stop], return_when=asyncio.FIRST_COMPLETED)
+        everything: asyncio.Future[Any] = asyncio.gather(producer, *workers)
+        stop: asyncio.Future[Any] = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait({everything, stop}, return_when=asyncio.FIRST_COMPLETED)
         if not everything.done():
             grace = 0.0 if self.fatal is not None else GRACE_SECONDS
             producer.cancel()
@@ -269,10 +264,11 @@ class Runner:
             for task in workers:
                 task.cancel()
         stop.cancel()
-        results = await asyncio.gather(everything, return_exceptions=True)
-        for result in results if isinstance(results, list) else []:
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                raise result
+        try:
+            await everything
+        except asyncio.CancelledError:
+            if not self._stopping.is_set():
+                raise
 
     def _on_signal(self, sig: int) -> None:
         if self.stop_signal is None:

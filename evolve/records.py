@@ -186,7 +186,7 @@ def _caption_text(caption: Any) -> str | None:
     raise ValueError("caption must be a string, a list of turns or []")
 
 
-def _pair_turns(turns: list[tuple[str, Any]], where: str) -> list[dict[str, Any]]:
+def _pair_turns(turns: list[tuple[Any, Any]], where: str) -> list[dict[str, Any]]:
     """Pair user/assistant turns into question/answer dicts, dropping system turns."""
     items: list[dict[str, Any]] = []
     question: str | None = None
@@ -213,9 +213,7 @@ def _turn_text(content: Any) -> str:
 
 
 def _from_native(raw: dict[str, Any]) -> dict[str, Any]:
-    versions = sorted(
-        (int(m.group(1)), key) for key in raw if (m := _NATIVE_KEY.match(key)) is not None
-    )
+    versions = sorted((int(m.group(1)), key) for key in raw if (m := _NATIVE_KEY.match(key)) is not None)
     qa: Any = []
     for _, key in reversed(versions):
         value = raw[key]

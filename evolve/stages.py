@@ -121,9 +121,7 @@ async def judge_sample(
     text = ctx.prompts.render_judge(parent, child)
     try:
         images = await _images(ctx, image, ctx.config.images == "send" and ctx.config.judge_images)
-        result = await ctx.judge_client.chat(
-            ChatRequest(system=ctx.prompts.system, text=text, images=images)
-        )
+        result = await ctx.judge_client.chat(ChatRequest(system=ctx.prompts.system, text=text, images=images))
         _count(usage, result)
         verdicts = parse_verdicts(result.text, len(child.qa))
     except FatalEndpointErrors:
@@ -134,8 +132,14 @@ async def judge_sample(
         return _drop(child.id, child, child.round, "judge", f"image: {exc}", child.operator, None, child)
     except AnswerParseError as exc:
         return _drop(
-            child.id, child, child.round, "judge", f"unreadable verdicts: {exc.reason}",
-            child.operator, exc.raw, child,
+            child.id,
+            child,
+            child.round,
+            "judge",
+            f"unreadable verdicts: {exc.reason}",
+            child.operator,
+            exc.raw,
+            child,
         )
     items = [
         item.model_copy(update={"improved": v.improved, "score": v.score, "reason": v.reason})
@@ -153,9 +157,14 @@ def apply_keep_rule(judged: Sample, min_score: float) -> tuple[Sample | None, Dr
     if rejected:
         reasons = sorted({_rejection(item, min_score) for item in rejected})
         drop = _drop(
-            judged.id, judged, judged.round, "eliminate",
+            judged.id,
+            judged,
+            judged.round,
+            "eliminate",
             f"{len(rejected)} of {len(judged.qa)} rewrites rejected: {'; '.join(reasons)}",
-            judged.operator, None, judged.model_copy(update={"qa": rejected}),
+            judged.operator,
+            None,
+            judged.model_copy(update={"qa": rejected}),
         )
     return survivor, drop
 
@@ -188,9 +197,7 @@ def _drop(
     )
 
 
-async def evolve_round(
-    ctx: StageContext, sample: Sample, round_number: int, image: Path | str | None
-) -> RoundOutcome:
+async def evolve_round(ctx: StageContext, sample: Sample, round_number: int, image: Path | str | None) -> RoundOutcome:
     """One sample through one round: evolve → judge → keep."""
     usage = TokenUsage()
     operator, evolved = await evolve_sample(ctx, sample, round_number, image, usage)

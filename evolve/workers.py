@@ -23,6 +23,7 @@ from evolve.runfolder import RunFolder, run_lock
 
 def shard_config(config: RunConfig, index: int, workers: int) -> RunConfig:
     """The settings of worker `index` of `workers`: its shard and its share of the limits."""
+
     def share(value: int | None) -> int | None:
         return None if value is None else max(1, value // workers)
 

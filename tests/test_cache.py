@@ -67,6 +67,24 @@ def test_timer_commits_without_further_puts(tmp_path: Path) -> None:
         cache.close()
 
 
+def test_background_commits_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    cache = ResponseCache(path)
+
+    async def main() -> None:
+        for i in range(1000):
+            cache.put(f"k{i}", {"i": i})
+            assert cache.get(f"k{i}") == {"i": i}  # visible while a commit runs on a worker thread
+            if i % 10 == 0:
+                await asyncio.sleep(0.001)
+
+    asyncio.run(main())
+    assert cache.commits >= 3
+    cache.close()
+    with ResponseCache(path) as again:
+        assert len(again) == 1000 and again.get("k999") == {"i": 999}
+
+
 def test_put_after_close_raises(tmp_path: Path) -> None:
     cache = ResponseCache(tmp_path / "c.sqlite")
     cache.close()

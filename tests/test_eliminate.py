@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.fakeserver import ThreadedServer
-from tests.test_run import SEEDS, evolve, lines
 from typer.testing import CliRunner
 
 from evolve.cli import app
+from tests.fakeserver import ThreadedServer
+from tests.test_run import SEEDS, evolve, lines
 
 
 def eliminate(server: ThreadedServer, *args: str) -> object:
@@ -35,9 +35,7 @@ def test_eliminate_with_parents_file(server: ThreadedServer, tmp_path: Path) -> 
         assert [i["question"] for i in kept[record["id"]]["qa"]] == improved if improved else record["id"] not in kept
     dropped = lines(out / "dropped.jsonl")
     assert {d["stage"] for d in dropped} == {"eliminate"}
-    assert sum(len(d["sample"]["qa"]) for d in dropped) == sum(
-        1 for r in judged for i in r["qa"] if not i["improved"]
-    )
+    assert sum(len(d["sample"]["qa"]) for d in dropped) == sum(1 for r in judged for i in r["qa"] if not i["improved"])
 
 
 def test_embedded_parents_in_native_records(server: ThreadedServer, tmp_path: Path) -> None:

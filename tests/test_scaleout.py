@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.fakeserver import ThreadedServer
-from tests.test_run import SEEDS, evolve, lines
 from typer.testing import CliRunner
 
 from evolve.cli import app
 from evolve.operators import shard_of
+from tests.fakeserver import ThreadedServer
+from tests.test_run import SEEDS, evolve, lines
 
 ROUND_FILES = ("evolved", "judged", "kept", "dropped")
 
@@ -57,9 +57,14 @@ def test_three_shards_merged_equal_one_run(server: ThreadedServer, tmp_path: Pat
 
 def test_merge_refuses_other_settings(server: ThreadedServer, tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    assert evolve(server, str(SEEDS), "--rounds", "1", "--shard", "0/2", "--out", str(a), "--images", "skip").exit_code == 0
     assert (
-        evolve(server, str(SEEDS), "--rounds", "1", "--shard", "1/2", "--seed", "9", "--out", str(b), "--images", "skip")
+        evolve(server, str(SEEDS), "--rounds", "1", "--shard", "0/2", "--out", str(a), "--images", "skip").exit_code
+        == 0
+    )
+    assert (
+        evolve(
+            server, str(SEEDS), "--rounds", "1", "--shard", "1/2", "--seed", "9", "--out", str(b), "--images", "skip"
+        )
     ).exit_code == 0
     result = CliRunner().invoke(app, ["merge", str(a), str(b), "--out", str(tmp_path / "m")])
     assert result.exit_code == 2 and "different seed" in result.output
@@ -69,7 +74,9 @@ def test_merge_refuses_other_settings(server: ThreadedServer, tmp_path: Path) ->
 
 def test_workers_equal_one_run(server: ThreadedServer, tmp_path: Path) -> None:
     common = ["--rounds", "2", "--images", "skip", "--base-url", server.base_url, "--api-key", "k", "--model", "m"]
-    assert evolve(server, str(SEEDS), "--rounds", "2", "--images", "skip", "--out", str(tmp_path / "one")).exit_code == 0
+    assert (
+        evolve(server, str(SEEDS), "--rounds", "2", "--images", "skip", "--out", str(tmp_path / "one")).exit_code == 0
+    )
     done = subprocess.run(
         [sys.executable, "-m", "evolve", "run", str(SEEDS), *common, "--workers", "2", "--out", str(tmp_path / "w")],
         capture_output=True, text=True, timeout=120,
