@@ -1,8 +1,9 @@
 """``python -m bench`` (``make bench``): run every row, print one table, write bench/results.json and results.md.
 
 Environment: ``BENCH_QUICK=1`` smaller sizes (~2-3 min smoke run); ``BENCH_ROWS=1,2,3`` only these rows (row 3
-needs row 1's raw loop and row 4 needs row 2's evolve figures: they are run too when missing); ``BENCH_WAIT_IDLE=S`` waits up to S seconds
-for the load average to fall below 1.5 first (the machine may be shared).
+needs row 1's raw loop and row 4 needs row 2's evolve figures: they are run too when missing);
+``BENCH_WAIT_IDLE=S`` waits up to S seconds for the load average to fall below 1.5 first (the machine may be
+shared).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def wait_idle(limit: float, console: Console) -> None:
     """Wait (at most ``limit`` s) until the 1-minute load average drops below 1.5: a shared machine skews rates."""
     deadline = time.monotonic() + limit
     if limit > 0 and os.getloadavg()[0] >= 1.5:
-        console.print(f"bench: load average {os.getloadavg()[0]:.1f}; waiting up to {limit:.0f} s for a quieter machine")
+        console.print(
+            f"bench: load average {os.getloadavg()[0]:.1f}; waiting up to {limit:.0f} s for a quieter machine"
+        )
     while os.getloadavg()[0] >= 1.5 and time.monotonic() < deadline:
         time.sleep(5)
 
@@ -124,8 +127,10 @@ def main() -> int:
     console.print(f"total {total / 60:.1f} min; " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     busiest = max((max(v) for v in loads.values()), default=0.0)
     if busiest > 2.5:
-        console.print(f"[yellow]warning: load average reached {busiest:.1f} on {machine['nproc']} cores during the run: "
-                      "other processes competed for CPU; throughput figures are pessimistic[/]")
+        console.print(
+            f"[yellow]warning: load average reached {busiest:.1f} on {machine['nproc']} cores during the run: "
+            "other processes competed for CPU; throughput figures are pessimistic[/]"
+        )
     result = {
         "machine": machine,
         "quick": quick,

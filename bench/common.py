@@ -22,6 +22,7 @@ DATA = SCRATCH / "data"
 VENVS = SCRATCH / "venvs"
 LOGS = SCRATCH / "logs"
 PY = sys.executable
+TIME = Path("/usr/bin/time")
 DEMO_SEEDS = (REPO.parent / "shared" / "data" / "mmevol_demo_seeds.jsonl").resolve()
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -57,10 +58,17 @@ def run(
     LOGS.mkdir(parents=True, exist_ok=True)
     log = log or LOGS / "last.log"
     out_path = log.with_suffix(".out")
+    rss_path = log.with_suffix(".maxrss")
+    rss_path.unlink(missing_ok=True)
     full_env = {**os.environ, **(env or {})}
+    argv = list(cmd)
+    if TIME.exists():
+        # Linux keeps the pre-exec peak RSS in ru_maxrss, so a child forked from this (large) process would
+        # report at least our size: /usr/bin/time (a small C program) forks the real command and measures it.
+        argv = [str(TIME), "-f", "%M", "-o", str(rss_path), *argv]
     with open(out_path, "wb") as out, open(log, "wb") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=full_env, cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=full_env, cwd=cwd, start_new_session=True)
         timed_out = False
         deadline = start + timeout
         while True:
@@ -76,11 +84,14 @@ def run(
             time.sleep(0.005)
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
+    maxrss_kb = float(usage.ru_maxrss)
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        maxrss_kb = float(rss_path.read_text().split()[-1])
     return Proc(
         rc=proc.returncode,
         wall=wall,
         cpu=usage.ru_utime + usage.ru_stime,
-        maxrss_mb=usage.ru_maxrss / 1024,
+        maxrss_mb=maxrss_kb / 1024,
         timed_out=timed_out,
         stdout=out_path.read_text("utf-8", "replace"),
         stderr=log.read_text("utf-8", "replace"),
@@ -140,9 +151,17 @@ def stats(port: int) -> dict[str, Any]:
         return result
 
 
+@dataclass
+class Server:
+    """A running fake server: its port, and its own CPU seconds once it has exited."""
+
+    port: int = 0
+    cpu: float = 0.0
+
+
 @contextlib.contextmanager
-def fake_server(latency: float, tag: str = "server") -> Iterator[int]:
-    """Run ``python -m tests.fakeserver`` in its own process on 127.0.0.1; yields the port."""
+def fake_server(latency: float, tag: str = "server") -> Iterator[Server]:
+    """Run ``python -m tests.fakeserver`` in its own process on 127.0.0.1."""
     DATA.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     port_file = SCRATCH / f"port-{os.getpid()}-{tag}"
@@ -151,21 +170,27 @@ def fake_server(latency: float, tag: str = "server") -> Iterator[int]:
            "--latency", str(latency), "--log-max", "1000", "--model", "m"]  # fmt: skip
     with open(LOGS / f"{tag}.log", "wb") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+    server = Server()
     try:
         deadline = time.monotonic() + 20
         while not port_file.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"fake server did not start (see {LOGS / f'{tag}.log'})")
             time.sleep(0.02)
-        port = int(port_file.read_text().strip())
-        yield port
+        server.port = int(port_file.read_text().strip())
+        yield server
     finally:
         proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        deadline = time.monotonic() + 10
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                server.cpu = usage.ru_utime + usage.ru_stime
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+            time.sleep(0.01)
         port_file.unlink(missing_ok=True)
 
 

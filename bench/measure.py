@@ -43,6 +43,7 @@ class Result:
     stdout_tail: str
     stderr_tail: str
     server: dict[str, Any]
+    server_cpu: float = 0.0
 
     @property
     def rate_window(self) -> float:
@@ -62,7 +63,8 @@ class Result:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, with the derived rates."""
         d = asdict(self)
-        d.update(rate_window=self.rate_window, rate_wall=self.rate_wall, cpu_ms=self.cpu_ms)
+        server_ms = 1000 * self.server_cpu / self.requests if self.requests else 0.0
+        d.update(rate_window=self.rate_window, rate_wall=self.rate_wall, cpu_ms=self.cpu_ms, server_cpu_ms=server_ms)
         return d
 
     @classmethod
@@ -75,7 +77,8 @@ class Result:
 def measure(spec: Spec) -> Result:
     """Start a server, run the client to completion (bounded by ``spec.timeout``), read the counters."""
     kinds = None if spec.kinds is None else tuple(spec.kinds)
-    with fake_server(spec.latency, tag=f"server-{spec.tag}") as port:
+    with fake_server(spec.latency, tag=f"server-{spec.tag}") as server:
+        port = server.port
         base_url = f"http://127.0.0.1:{port}/v1"
         cmd = [part.replace("{base_url}", base_url) for part in spec.cmd]
         poller = Poller(port, kinds)
@@ -99,6 +102,7 @@ def measure(spec: Spec) -> Result:
         stdout_tail=proc.stdout[-2000:],
         stderr_tail=proc.stderr[-3000:],
         server=final,
+        server_cpu=server.cpu,
     )
 
 

@@ -52,7 +52,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, float | int]:
                         ok += 1
                     else:
                         errors += 1
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError):
+            except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
                 errors += 1
 
     connector = aiohttp.TCPConnector(limit=args.concurrency, limit_per_host=args.concurrency)

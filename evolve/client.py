@@ -19,6 +19,7 @@ import os
 import random
 import re
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -318,6 +319,15 @@ def failure_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment (HTTP(S)_PROXY, NO_PROXY) sets for `url`, or None."""
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
+
+
 def _answer(payload: Any) -> tuple[str, int, int, str | None]:
     """(text, prompt tokens, completion tokens, finish reason) from a chat completion body."""
     try:
@@ -365,6 +375,7 @@ class ChatClient:
         self._tpm: Any = None
         self._cooldown_until = 0.0
         self._session: aiohttp.ClientSession | None = None
+        self._proxy: str | None = None
         self._sdk: Any = None
         self._started = False
 
@@ -397,8 +408,9 @@ class ChatClient:
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=s.timeout),
                 headers=self._headers,
-                trust_env=False,
+                trust_env=False,  # no .netrc credentials; the proxy variables are read once below
             )
+            self._proxy = proxy_for(s.base_url)
         else:
             import httpx2
             from openai import AsyncOpenAI, DefaultAioHttpClient
@@ -476,7 +488,7 @@ class ChatClient:
 
             async def get() -> list[str]:
                 try:
-                    async with session.get(self._models_url) as resp:
+                    async with session.get(self._models_url, proxy=self._proxy) as resp:
                         raw = await resp.read()
                         if resp.status >= 400:
                             raise self._scrubbed(
@@ -515,7 +527,7 @@ class ChatClient:
         assert session is not None
         self.usage.requests += 1
         try:
-            async with session.post(self._chat_url, data=_dumps(body)) as resp:
+            async with session.post(self._chat_url, data=_dumps(body), proxy=self._proxy) as resp:
                 raw = await resp.read()
                 status = resp.status
                 if status >= 300:

@@ -145,6 +145,30 @@ def check_fingerprint(old: dict[str, Any] | None, new: dict[str, Any], root: Pat
             )
 
 
+def make_clients(config: RunConfig, cache: ResponseCache | NullCache) -> tuple[ChatClient, ChatClient]:
+    """(evolution client, judge client); one and the same client when the judge uses the same endpoint."""
+    settings = config.endpoint_settings()
+    client = ChatClient(settings, cache)
+    judge_settings = config.judge_settings()
+    if judge_settings == settings:
+        return client, client
+    return client, ChatClient(judge_settings, cache)
+
+
+def resume_point(states: dict[int, RoundState], folder: RunFolder, seed: Sample) -> tuple[int, Sample]:
+    """(first round a seed still needs, the version it starts from) after the rounds already complete.
+
+    `states` holds rounds 1..N as found by `scan_round`; N + 1 means the seed is done. The version is the
+    seed's latest survivor (or the seed itself when no complete round kept anything).
+    """
+    current = seed
+    number = 1
+    while number in states and seed.seed_id in states[number].complete:
+        current = states[number].kept_sample(folder, seed.seed_id) or current
+        number += 1
+    return number, current
+
+
 class Runner:
     """One invocation of `evolve run` on one run folder."""
 
@@ -174,12 +198,7 @@ class Runner:
         return ResponseCache(self.config.cache or self.folder.cache)
 
     def _clients(self, cache: ResponseCache | NullCache) -> tuple[ChatClient, ChatClient]:
-        settings = self.config.endpoint_settings()
-        client = ChatClient(settings, cache)
-        judge_settings = self.config.judge_settings()
-        if judge_settings == settings:
-            return client, client
-        return client, ChatClient(judge_settings, cache)
+        return make_clients(self.config, cache)
 
     # ------------------------------------------------------------------ the run
 
@@ -333,10 +352,10 @@ class Runner:
     async def _chain(
         self, ctx: StageContext, seed: Sample, image: Path | str | None, states: dict[int, RoundState]
     ) -> None:
-        current = seed
-        for number in range(1, self.config.rounds + 1):
+        start, current = resume_point(states, self.folder, seed)
+        for number in range(start, self.config.rounds + 1):
             state = states[number]
-            if seed.seed_id in state.complete:
+            if seed.seed_id in state.complete:  # a later round done while an earlier one is not (torn write)
                 current = state.kept_sample(self.folder, seed.seed_id) or current
                 continue
             if self._stopping.is_set():
@@ -396,6 +415,7 @@ class Runner:
             usage = TokenUsage.from_dict(old.get("usage"))
             usage.merge(self._round_usage.get(number, TokenUsage()))
             total.merge(usage)
+            self.folder.round_dir(number).mkdir(parents=True, exist_ok=True)  # a run stopped before any record
             for name in ROUND_FILES:
                 self.folder.round_file(number, name).touch()
             stats = round_stats(self.folder, number)

@@ -218,7 +218,7 @@ def _length_hist(columns: Sequence[ColumnStats], which: str, title: str) -> Figu
     if not any(hists):
         _note(ax, "no Q&A items")
         return fig
-    top = min(HIST_CAP, max(max(h) for h in hists if h))
+    top = min(HIST_CAP, max(5, *(max(h) for h in hists if h)))  # at least 0–5 so single bars stay narrow
     positions = np.arange(top + 1)
     width = 0.8 / len(columns)
     for index, (col, hist) in enumerate(zip(columns, hists, strict=True)):

@@ -14,7 +14,7 @@ from evolve.accounting import TokenUsage
 from evolve.client import ChatClient, ChatRequest, ChatResult
 from evolve.config import RunConfig
 from evolve.errors import AnswerParseError, EndpointError, FatalEndpointErrors, ImageError
-from evolve.images import EncodedImage, ImageEncoder
+from evolve.images import EncodedImage, ImageEncoder, remote_image
 from evolve.operators import choose_operator
 from evolve.parse import parse_qas, parse_verdicts
 from evolve.prompts import PromptSet
@@ -63,7 +63,7 @@ async def _images(ctx: StageContext, image: Path | str | None, send: bool) -> li
     if not send or image is None:
         return []
     if isinstance(image, str):
-        return [EncodedImage(url=image, key="url:" + image)]
+        return [remote_image(image)]
     return [await ctx.encoder.aencode(image)]
 
 

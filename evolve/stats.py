@@ -40,7 +40,7 @@ from rich.table import Table
 from rich.text import Text
 
 from evolve.errors import InputError
-from evolve.records import Sample, load_samples
+from evolve.records import Rejected, Sample, read_samples
 from evolve.verbnoun import VerbNoun, VerbNounExtractor
 
 TOP_VERBS = 20
@@ -101,6 +101,7 @@ class ColumnStats(BaseModel):
     files: list[str]
     judged_files: list[str]
     samples: int
+    rejected_lines: int = Field(description="lines of the measured files that could not be read (skipped)")
     qa_items: int
     qa_per_sample: float | None
     question_tokens_mean: float | None
@@ -241,6 +242,7 @@ class _Column:
 
     def __init__(self) -> None:
         self.samples = 0
+        self.rejected = 0
         self.qa = 0
         self.question_tokens = 0
         self.answer_tokens = 0
@@ -357,6 +359,7 @@ def _finish(spec: StatsInput, col: _Column, pairs: dict[str, VerbNoun]) -> Colum
         files=[str(p) for p in spec.paths],
         judged_files=[str(p) for p in (spec.judged or spec.paths)],
         samples=col.samples,
+        rejected_lines=col.rejected,
         qa_items=col.qa,
         qa_per_sample=_share(col.qa, col.samples),
         question_tokens_mean=_share(col.question_tokens, col.qa),
@@ -387,9 +390,15 @@ def _finish(spec: StatsInput, col: _Column, pairs: dict[str, VerbNoun]) -> Colum
     )
 
 
-def _stream(paths: Iterable[Path]) -> Iterator[Sample]:
+def _stream(paths: Iterable[Path], col: _Column | None = None) -> Iterator[Sample]:
+    """The good samples of `paths`, in order; unreadable lines are counted on `col` and skipped."""
     for path in paths:
-        yield from load_samples(path)
+        for loaded in read_samples(path):
+            if isinstance(loaded, Rejected):
+                if col is not None:
+                    col.rejected += 1
+                continue
+            yield loaded.sample
 
 
 def compute_stats(inputs: Sequence[StatsInput], extractor: VerbNounExtractor, progress: bool = True) -> StatsReport:
@@ -409,7 +418,7 @@ def compute_stats(inputs: Sequence[StatsInput], extractor: VerbNounExtractor, pr
         for spec in inputs:
             col = _Column()
             task = bar.add_task(f"reading {spec.name}", total=None)
-            for sample in _stream(spec.paths):
+            for sample in _stream(spec.paths, col):
                 col.add_items(sample)
                 if not spec.judged:
                     col.add_verdicts(sample)
@@ -474,6 +483,8 @@ def render_table(report: StatsReport, top: int = 10) -> Table:
         table.add_row(label, *cells)
 
     row("samples", (_int(c.samples) for c in cols))
+    if any(c.rejected_lines for c in cols):
+        row("unreadable lines (skipped)", (_int(c.rejected_lines) for c in cols))
     row("Q&A items", (_int(c.qa_items) for c in cols))
     row("Q&A per sample", (_num(c.qa_per_sample) for c in cols))
     row("question length (tokens)", (_num(c.question_tokens_mean, 1) for c in cols))

@@ -84,6 +84,7 @@ _REPAIR_DEPS = frozenset({"dobj", "obj", "appos", "npadvmod"})
 _LIST_DEPS = frozenset({"cc", "punct", "preconj"})
 _SKIP_FIRST = frozenset({"please", "kindly"})
 _SPACE = re.compile(r"\s+")
+_UNNEEDED = frozenset({"ner", "entity_ruler", "entity_linker", "textcat", "textcat_multilabel", "spancat"})
 
 
 class VerbNounExtractor(Protocol):
@@ -134,7 +135,7 @@ def load_spacy(name: str | None = None) -> Language:
 
 
 class _Lemmas:
-    """Lemmas of single tokens from a pipeline's rule lemmatizer, even while the component is disabled."""
+    """Lemmas of single tokens from a pipeline's rule or lookup lemmatizer, even while it is disabled."""
 
     def __init__(self, nlp: Language) -> None:
         self._lemmatize: Callable[[Token], list[str]] | None = None
@@ -143,12 +144,18 @@ class _Lemmas:
             component: Any = nlp.get_pipe("lemmatizer")
         except KeyError:
             return
-        if getattr(component, "mode", None) == "rule":
+        mode = getattr(component, "mode", None)
+        if mode == "rule":
             self._lemmatize = component.rule_lemmatize
-            with contextlib.suppress(KeyError, ValueError):
-                self.verbs = frozenset(component.lookups.get_table("lemma_index").get("verb", []))
-        elif hasattr(component, "lemmatize"):
-            self._lemmatize = component.lemmatize
+        elif mode == "lookup":
+            self._lemmatize = component.lookup_lemmatize
+        with contextlib.suppress(AttributeError, KeyError, ValueError):
+            self.verbs = frozenset(component.lookups.get_table("lemma_index").get("verb", []))
+
+    @property
+    def on_demand(self) -> bool:
+        """Whether the lemmatizer can stay out of the pipe (it lemmatizes single tokens on request)."""
+        return self._lemmatize is not None
 
     def __call__(self, token: Token) -> str:
         if token.lemma_:
@@ -158,6 +165,15 @@ class _Lemmas:
             if found:
                 return found[0].lower()
         return token.lower_
+
+
+def _prepare(nlp: Language) -> tuple[_Lemmas, list[str]]:
+    """The token lemmatizer for `nlp` and the components its ``pipe`` can skip."""
+    lemmas = _Lemmas(nlp)
+    if not lemmas.on_demand and "lemmatizer" in nlp.disabled:
+        nlp.enable_pipe("lemmatizer")  # e.g. a trainable lemmatizer: it has to run in the pipe
+    unneeded = _UNNEEDED | ({"lemmatizer"} if lemmas.on_demand else set())
+    return lemmas, [name for name in nlp.pipe_names if name in unneeded]
 
 
 def _is_copula(token: Token) -> bool:
@@ -269,10 +285,8 @@ class SpacyExtractor:
     def __init__(self, nlp: Language | None = None, *, batch_size: int = 128) -> None:
         self.nlp = nlp if nlp is not None else load_spacy()
         self.batch_size = batch_size
-        self._lemma = _Lemmas(self.nlp)
+        self._lemma, self._disable = _prepare(self.nlp)
         self._cache: dict[str, VerbNoun] = {}
-        needed = {"tok2vec", "tagger", "parser", "attribute_ruler", "senter"}
-        self._disable = [p for p in self.nlp.pipe_names if p not in needed]
 
     def pairs(self, questions: Sequence[str]) -> list[VerbNoun]:
         """The (verb, noun) pair of each question; each distinct text is parsed once per extractor."""
@@ -461,7 +475,7 @@ class BeneparExtractor:
             raise MissingModelError(f"benepar model {name!r} could not be loaded: {exc}") from exc
         self._input: Any = benepar.InputSentence
         self.nlp = nlp if nlp is not None else load_spacy()
-        self._lemma = _Lemmas(self.nlp)
+        self._lemma, self._disable = _prepare(self.nlp)
         self._cache: dict[str, VerbNoun] = {}
 
     def pairs(self, questions: Sequence[str]) -> list[VerbNoun]:
@@ -469,7 +483,7 @@ class BeneparExtractor:
         clipped = [clip_question(q) for q in questions]
         todo = [t for t in dict.fromkeys(clipped) if t not in self._cache]
         sentences: list[tuple[str, list[str], Any]] = []
-        for text, doc in zip(todo, self.nlp.pipe(todo), strict=True):
+        for text, doc in zip(todo, self.nlp.pipe(todo, disable=self._disable), strict=True):
             sent = next(iter(doc.sents), None)
             if sent is None or len(sent) == 0:
                 self._cache[text] = (None, None)

@@ -28,6 +28,7 @@ from evolve.client import (
     map_exception,
     map_status,
     parse_retry_after,
+    proxy_for,
 )
 from evolve.errors import (
     AuthenticationError,
@@ -566,3 +567,11 @@ def test_parse_retry_after() -> None:
     date = email.utils.formatdate(now + 30, usegmt=True)
     assert parse_retry_after(date, now=now) == pytest.approx(30.0)
     assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
+
+
+def test_proxy_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    assert proxy_for("https://api.openai.com/v1") == "http://proxy.invalid:3128"
+    assert proxy_for("http://127.0.0.1:8000/v1") is None
+    assert proxy_for("http://gpu-box:8000/v1") is None  # no HTTP_PROXY set

@@ -17,7 +17,8 @@ from evolve.errors import UsageError
 from evolve.prompts import OPERATORS, PromptSet, copy_templates, default_prompts_dir
 from evolve.records import QAS, Box, Sample, Step, parse_record
 
-SEEDS = Path("/work/shared/data/mmevol_demo_seeds.jsonl")
+SHARED_SEEDS = Path("/work/shared/data/mmevol_demo_seeds.jsonl")  # the real demo seeds (1,612 lines)
+SEEDS = SHARED_SEEDS if SHARED_SEEDS.is_file() else Path(__file__).parent / "data" / "mmevol_seeds_head.jsonl"
 GIVEN = "### Given Q&A&S"
 ORIGINAL = "### Original Q&A&S"
 REWRITTEN = "### Rewritten Q&A&S"

@@ -224,10 +224,8 @@ def test_kill9_at_random_points_then_resume_equals_clean_run(
     assert status_of(out) == "done"
     assert snapshot(out) == reference["files"]
     sent = total_requests(srv)
-    assert sent <= reference["requests"] + kills * CONCURRENCY, (
-        f"{sent} requests over all invocations; a clean run needs {reference['requests']} and each of "
-        f"{kills} kills may lose at most {CONCURRENCY} in flight"
-    )
+    # (that at most the requests in flight are sent again is test_kill9_resends_only_requests_in_flight)
+    assert sent <= 2 * reference["requests"]
     assert cache_rows(out / "cache.sqlite") == reference["cache_rows"]
 
     # the finished command again: nothing to do, nothing sent
@@ -248,6 +246,58 @@ def test_kill9_at_random_points_then_resume_equals_clean_run(
     assert status_of(out) == "done"
 
 
+JUDGE_HEADING = "### Original Q&A&S"
+"""Only judge prompts hold this line (the fake server's prompt contract)."""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: cache.py buffers answers up to 0.2 s before committing, so a kill -9 loses answers already "
+    "received (and paid for); their sample-rounds are redone and the answers bought again",
+)
+def test_kill9_resends_only_requests_in_flight(srv: ThreadedServer, tmp_path: Path) -> None:
+    """Kill while every worker waits for its judge: the evolve answers, received, must not be bought again."""
+    out = tmp_path / "run"
+    argv = run_cmd(srv, out, rounds=1)
+    kills = 3
+    for _ in range(kills):
+        srv.add_fault("hang", count=CONCURRENCY, match=JUDGE_HEADING, hang_seconds=30)
+        before = srv.stats()["faults_fired"].get("hang", 0)
+        proc = start(argv, tmp_path)
+        hung = wait_for(lambda b=before: srv.stats()["faults_fired"].get("hang", 0) - b == CONCURRENCY, proc=proc)  # type: ignore[misc]
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        assert hung, "every worker should be waiting for its judge"
+        srv.clear_faults()
+    final = run(argv, tmp_path)
+    assert final.returncode == 0, final.stderr
+    log = srv.log()
+    resent = [e["kind"] for i, e in enumerate(log) if e["sha256"] in {x["sha256"] for x in log[:i]}]
+    assert len(log) == 20 + len(resent)
+    assert resent.count("evolve") == 0, f"evolve answers received before a kill were bought again: {resent}"
+    assert len(resent) <= kills * CONCURRENCY
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: runfolder.py:115 `size - 1 << 20` is `(size - 1) << 20`: repair_tail seeks past the end and "
+    "truncates every round file to 0 bytes on every resume",
+)
+def test_rerun_keeps_finished_records_without_the_cache(
+    srv: ThreadedServer, reference: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    argv = run_cmd(srv, out, quiet=False)
+    assert run(argv, tmp_path).returncode == 0
+    sent = total_requests(srv)
+    (out / "cache.sqlite").unlink()
+    again = run(argv, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "resuming: 20 sample-rounds already done" in again.stderr
+    assert total_requests(srv) == sent, "finished sample-rounds are kept, not redone"
+    assert snapshot(out) == reference["files"]
+
+
 def test_torn_last_line_is_dropped_and_the_record_rebuilt_from_cache(
     srv: ThreadedServer, reference: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -257,21 +307,22 @@ def test_torn_last_line_is_dropped_and_the_record_rebuilt_from_cache(
     sent = total_requests(srv)
     evolved = out / "round-1" / "evolved.jsonl"
 
-    # a crash while appending a line of a finished sample-round: half a line at the end
-    whole = evolved.read_bytes()
-    first = whole.splitlines(keepends=True)[0]
-    evolved.write_bytes(whole + first[: len(first) // 2])
     # a crash in the middle of a sample-round: its lines are gone but for half of its evolved line
+    whole = evolved.read_bytes()
     last = json.loads(whole.splitlines()[-1])
     victim = last["seed_id"]
     for name in ROUND_FILES:
         path = out / "round-1" / f"{name}.jsonl"
-        kept = [line for line in path.read_bytes().splitlines(keepends=True)
-                if not line.startswith(b"{") or json.loads(line).get("seed_id") != victim]  # fmt: skip
+        kept = [line for line in path.read_bytes().splitlines(keepends=True) if json.loads(line)["seed_id"] != victim]
         path.write_bytes(b"".join(kept))
     line = json.dumps(last, separators=(",", ":")).encode()
     with evolved.open("ab") as fp:
         fp.write(line[: len(line) // 2])
+    # a crash while appending a line of a finished sample-round: half a line at the end
+    kept_file = out / "round-2" / "kept.jsonl"
+    first = kept_file.read_bytes().splitlines(keepends=True)[0]
+    with kept_file.open("ab") as fp:
+        fp.write(first[: len(first) // 2])
 
     resumed = run(argv, tmp_path)
     assert resumed.returncode == 0, resumed.stderr
@@ -291,7 +342,8 @@ def test_signal_stops_cleanly_and_resume_completes(
     out = tmp_path / "run"
     argv = run_cmd(srv, out, quiet=False)
     proc = start(argv, tmp_path)
-    assert wait_for(lambda: total_requests(srv) >= 7, proc=proc), "the run should be sending requests"
+    # once round 2 has records (stopping earlier is test_stop_before_the_first_record_is_clean)
+    assert wait_for(lambda: (out / "round-2" / "kept.jsonl").exists(), proc=proc), "the run should be working"
     began = time.monotonic()
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=30)
@@ -309,8 +361,30 @@ def test_signal_stops_cleanly_and_resume_completes(
     resumed = run(argv, tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert snapshot(out) == reference["files"]
-    assert total_requests(srv) == reference["requests"], "a graceful stop loses no answer: nothing is sent twice"
+    assert total_requests(srv) <= reference["requests"] + CONCURRENCY
     assert status_of(out) == "done"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: pipeline.py Runner._wait cancels the producer, which ends the gather of producer+workers at "
+    "once, so the grace period is skipped and in-flight requests are cancelled (paid, lost, sent again)",
+)
+def test_sigterm_lets_in_flight_sample_rounds_finish(srv: ThreadedServer, tmp_path: Path) -> None:
+    srv.set_config(latency=0.5)
+    out = tmp_path / "run"
+    argv = run_cmd(srv, out, rounds=1)
+    proc = start(argv, tmp_path)
+    assert wait_for(lambda: total_requests(srv) == CONCURRENCY, proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143, stderr
+    assert len(check_file(out / "round-1" / "evolved.jsonl")) == CONCURRENCY, "in-flight sample-rounds finish"
+    assert total_requests(srv) == 2 * CONCURRENCY, "each finishes its judge call, and nothing new starts"
+    srv.set_config(latency=0.02)
+    assert run(argv, tmp_path).returncode == 0
+    log = srv.log()
+    assert len(log) == 20 and len({e["sha256"] for e in log}) == 20, "nothing is bought twice"
 
 
 # ---------------------------------------------------------------------------------------------- 3. endpoint faults
@@ -329,8 +403,9 @@ def round1(out: Path) -> dict[str, list[str]]:
 
 
 def drops(out: Path, number: int = 1) -> list[dict[str, Any]]:
-    """dropped.jsonl of a round, decoded."""
-    return [json.loads(line) for line in check_file(out / f"round-{number}" / "dropped.jsonl")]
+    """The failures (stage evolve or judge) in dropped.jsonl of a round, decoded."""
+    lines = check_file(out / f"round-{number}" / "dropped.jsonl")
+    return [d for d in map(json.loads, lines) if d["stage"] in ("evolve", "judge")]
 
 
 @pytest.mark.parametrize(
@@ -421,7 +496,7 @@ def test_broken_answer_is_parsed_or_dropped_with_reason(srv: ThreadedServer, tmp
     assert result.returncode in (0, 3), result.stderr
     assert srv.stats()["faults_fired"] == {kind: 1}
     evolved = by_seed(check_file(out / "round-1" / "evolved.jsonl"))
-    dropped = [d for d in drops(out) if d["seed_id"] == seed and d["stage"] == "evolve"]
+    dropped = [d for d in drops(out) if d["seed_id"] == seed]
     assert (seed in evolved) != bool(dropped), "the sample is either evolved or dropped, exactly once"
     if dropped:
         assert dropped[0]["reason"]
@@ -470,16 +545,16 @@ def test_400_is_not_retried(srv: ThreadedServer, tmp_path: Path) -> None:
 def test_failure_budget_stops_cleanly_with_exit_3(srv: ThreadedServer, tmp_path: Path) -> None:
     srv.add_fault("500", count=10_000)
     out = tmp_path / "run"
-    argv = run_cmd(srv, out, "--max-failures", "0", "--max-retries", "1", quiet=False)
+    argv = run_cmd(srv, out, "--max-failures", "0", "--max-retries", "1", rounds=1, quiet=False)
     result = run(argv, tmp_path)
     assert result.returncode == 3, result.stderr
     assert "--max-failures" in result.stderr
     assert "Traceback" not in result.stderr
-    files = snapshot(out)
+    files = snapshot(out, 1)
     failed = [d for d in drops(out) if d["stage"] == "evolve"]
     assert 1 <= len(failed) <= CONCURRENCY, "the run stops after the first failure (in-flight ones may fail too)"
     assert all("500" in d["reason"] for d in failed)
-    assert not files["round-2/evolved"] and not files["round-2/dropped"]
+    assert len(files["round-1/evolved"]) == 0
     assert srv.stats()["total"] <= 2 * (CONCURRENCY + 1), "no new request after the budget is spent"
     assert status_of(out) != "done"
 
@@ -512,7 +587,8 @@ def test_text_only_endpoint_is_reported_once_with_hint(srv: ThreadedServer, tmp_
     seeds.write_text(json.dumps(first) + "\n" + DEMO.read_text(encoding="utf-8"), encoding="utf-8")
     srv.set_config(text_only=True)
     out = tmp_path / "run"
-    result = run(run_cmd(srv, out, seeds=seeds, rounds=1, concurrency=1, quiet=False), tmp_path)
+    argv = run_cmd(srv, out, "--image-root", str(DEMO.parent), seeds=seeds, rounds=1, concurrency=1, quiet=False)
+    result = run(argv, tmp_path)
     assert result.returncode == 1, result.stderr
     assert result.stderr.count("endpoint rejected image input") == 1, result.stderr
     assert "--images skip" in result.stderr
@@ -524,22 +600,39 @@ def test_text_only_endpoint_is_reported_once_with_hint(srv: ThreadedServer, tmp_
 @pytest.mark.xfail(
     strict=True,
     reason="BUG: pipeline.py Runner._finish_summary touches round-N/*.jsonl without creating round-N/, so a "
-    "run stopped before its first record (401, text-only endpoint, signal) dies with FileNotFoundError",
+    "run stopped before round N has a record (401, text-only endpoint, signal, --max-failures) dies with "
+    "FileNotFoundError and exit 1",
 )
-@pytest.mark.parametrize("setup", ["401", "text_only"])
-def test_fatal_error_on_the_first_request_is_one_clean_line(srv: ThreadedServer, tmp_path: Path, setup: str) -> None:
-    if setup == "401":
+@pytest.mark.parametrize("stop", ["401", "text_only", "sigterm", "max_failures"])
+def test_stop_before_the_first_record_is_clean(srv: ThreadedServer, tmp_path: Path, stop: str) -> None:
+    """A run of 2 rounds stopped in round 1 (round-2/ does not exist yet): one clean line, the right code."""
+    wanted, code, status = {
+        "401": ("check OPENAI_API_KEY", 1, "failed"),
+        "text_only": ("--images skip", 1, "failed"),
+        "sigterm": ("resume", 143, "interrupted"),
+        "max_failures": ("--max-failures", 3, None),
+    }[stop]
+    extra: list[str] = []
+    if stop == "401":
         srv.add_fault("401", count=100)
-    else:
+    elif stop == "text_only":
         srv.set_config(text_only=True)
+    elif stop == "max_failures":
+        srv.add_fault("500", count=10_000)
+        extra = ["--max-failures", "0", "--max-retries", "0"]
+    else:
+        srv.set_config(latency=1.0)
     out = tmp_path / "run"
-    result = run(run_cmd(srv, out, quiet=False), tmp_path)
-    assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    wanted = "check OPENAI_API_KEY" if setup == "401" else "--images skip"
-    assert result.stderr.count(wanted) == 1, result.stderr
-    assert status_of(out) == "failed"
-    assert srv.stats()["total"] <= CONCURRENCY
+    proc = start(run_cmd(srv, out, *extra, quiet=False), tmp_path)
+    if stop == "sigterm":
+        assert wait_for(lambda: total_requests(srv) > 0, proc=proc)
+        proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr
+    assert stderr.count(wanted) == 1, stderr
+    assert status_of(out) == status or (status is None and status_of(out) != "done")
+    snapshot(out)
 
 
 # ---------------------------------------------------------------------------------------------- 4. lock

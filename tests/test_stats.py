@@ -113,7 +113,7 @@ def test_synthetic_judged_file_exact_numbers(tmp_path: Path, extractor: SpacyExt
     path = write_jsonl(tmp_path / "judged.jsonl", JUDGED)
     report = compute_stats(resolve_inputs([path]), extractor, progress=False)
     col = report.columns[0]
-    assert (col.name, col.kind, col.samples, col.qa_items) == ("judged", "file", 2, 5)
+    assert (col.name, col.kind, col.samples, col.qa_items, col.rejected_lines) == ("judged", "file", 2, 5, 0)
     assert col.qa_per_sample == 2.5
     assert col.question_tokens_mean == pytest.approx(19 / 5)  # 3 + 3 + 3 + 5 + 5
     assert col.answer_tokens_mean == pytest.approx(17 / 5)  # 3 + 4 + 3 + 1 + 6
@@ -169,6 +169,17 @@ def test_real_seed_lines_exact_numbers(tmp_path: Path, extractor: SpacyExtractor
     assert col.object_source == "boxes"
     assert (col.object_mentions, col.distinct_objects) == (9, 9)
     assert col.long_tail_share == pytest.approx(7 / 9)
+
+
+def test_unreadable_lines_are_counted_and_skipped(tmp_path: Path, extractor: SpacyExtractor) -> None:
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(json.dumps(JUDGED[0]) + "\n{broken\n" + json.dumps({"id": "z", "qa": []}) + "\n")
+    report = compute_stats(resolve_inputs([path]), extractor, progress=False)
+    col = report.columns[0]
+    assert (col.samples, col.rejected_lines, col.qa_items) == (1, 2, 3)
+    console = Console(record=True, width=120)
+    console.print(render_table(report))
+    assert "unreadable lines (skipped)" in console.export_text()
 
 
 def test_judge_numbers_come_from_the_judged_source(tmp_path: Path, extractor: SpacyExtractor) -> None:
