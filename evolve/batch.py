@@ -39,14 +39,13 @@ from evolve.client import (
     ChatClient,
     ChatRequest,
     EndpointSettings,
-    _answer,
+    answer_fields,
     error_message_of,
     map_exception,
     map_status,
 )
 from evolve.config import RunConfig
 from evolve.errors import (
-    AnswerParseError,
     EndpointError,
     EvolveError,
     FailureBudgetExceeded,
@@ -57,7 +56,6 @@ from evolve.errors import (
     UsageError,
 )
 from evolve.images import EncodedImage, ImageEncoder
-from evolve.parse import parse_qas, parse_verdicts
 from evolve.pipeline import check_fingerprint, fingerprint, iter_seeds
 from evolve.prompts import PromptSet
 from evolve.records import Drop, Sample
@@ -66,16 +64,26 @@ from evolve.runfolder import (
     AppendFiles,
     RoundState,
     RunFolder,
-    _purge,
     concat_files,
     iter_json_lines,
+    purge_lines,
     read_sample_at,
+    repair_tail,
     round_stats,
     run_lock,
     scan_round,
     write_atomic,
 )
-from evolve.stages import StageContext, apply_keep_rule, child_id, evolution_request
+from evolve.stages import (
+    StageContext,
+    apply_keep_rule,
+    child_id,
+    evolution_request,
+    failure_reason,
+    make_drop,
+    read_evolution,
+    read_judgement,
+)
 
 Stage = Literal["evolve", "judge"]
 Message = Callable[[str], None]
@@ -236,7 +244,7 @@ class _Line:
     def text(self, has_images: bool, usage: TokenUsage) -> str:
         """The answer text; raises the EndpointError a live call would have raised."""
         if self.status == 200:
-            text, prompt_tokens, completion_tokens, _finish = _answer(self.body)
+            text, prompt_tokens, completion_tokens, _finish = answer_fields(self.body)
             usage.add_call(prompt_tokens, completion_tokens, False)
             return text
         if self.status is not None:
@@ -399,24 +407,24 @@ class _BatchRun:
                     "pending", pending.stage, pending.round, tuple(b.id for b in pending.batches),
                     _joint_status(pending), _joint_counts(pending),
                 )  # fmt: skip
-                self.message(step.line())
                 return step
             record = self.collect(state, pending)
             collected.append(
                 f"collected {record.stage} round {record.round}: {record.answered} answers, {record.failed} failed"
                 + (f", {record.resend} to send again" if record.resend else "")
             )
-            self.message(collected[-1])
             self.write_summary(state)
             failed_batches = [
                 f"{b.id}: {'; '.join(b.errors) or 'failed'}" for b in pending.batches if b.status == "failed"
             ]
             if failed_batches:
+                self.message(collected[-1])
                 raise EndpointError(
                     f"batch failed ({' | '.join(failed_batches)}); the next invocation submits its requests again"
                 )
             budget = self.config.max_failures
             if budget is not None and record.failed > budget:
+                self.message(collected[-1])
                 raise FailureBudgetExceeded(
                     f"{record.failed} samples failed, over --max-failures {budget}; "
                     "fix the cause and run the same command again to go on"
@@ -435,7 +443,6 @@ class _BatchRun:
                     "submitted", stage, state.round, tuple(b.id for b in pending.batches), _joint_status(pending),
                     _joint_counts(pending), collected,
                 )  # fmt: skip
-                self.message(step.line())
                 return step
             if stage == "evolve":
                 state.stage = "judge"
@@ -445,9 +452,7 @@ class _BatchRun:
         state.round, state.stage = self.config.rounds, "done"
         self.save_state(state)
         summary = self.write_summary(state, final=True)
-        step = BatchStep("done", collected=collected, summary=summary)
-        self.message(step.line())
-        return step
+        return BatchStep("done", collected=collected, summary=summary)
 
     # ------------------------------------------------------------------ building requests
     def kept_states(self, number: int) -> list[RoundState]:
@@ -470,7 +475,7 @@ class _BatchRun:
     def view(self, number: int) -> _RoundView:
         view = _RoundView()
         for name in ROUND_FILES:
-            _repair_tail(self.folder.round_file(number, name))
+            repair_tail(self.folder.round_file(number, name))
         for offset, record in iter_json_lines(self.folder.round_file(number, "evolved")):
             view.evolved[record["seed_id"]] = offset
         for _, record in iter_json_lines(self.folder.round_file(number, "judged")):
@@ -511,8 +516,8 @@ class _BatchRun:
             try:
                 images = self.images(image, "evolve")
             except ImageError as exc:
-                drops.append(_drop(child_id(seed.seed_id, number), current, number, "evolve", f"image: {exc}",
-                                   operator))  # fmt: skip
+                new_id = child_id(seed.seed_id, number)
+                drops.append(make_drop(current, new_id, number, "evolve", failure_reason(exc), operator))
                 continue
             request = ChatRequest(system=self.prompts.system, text=text, images=images)
             yield custom_id("evolve", seed.seed_id, number), request_body(settings, request)
@@ -541,7 +546,8 @@ class _BatchRun:
             try:
                 images = self.images(image, "judge")
             except ImageError as exc:
-                drops.append(_drop(child.id, child, number, "judge", f"image: {exc}", child.operator, None, child))
+                reason = failure_reason(exc)
+                drops.append(make_drop(child, child.id, number, "judge", reason, child.operator, None, child))
                 continue
             request = ChatRequest(system=self.prompts.system, text=text, images=images)
             yield custom_id("judge", seed_id, number), request_body(settings, request)
@@ -696,22 +702,17 @@ class _BatchRun:
             new_id = child_id(seed_id, number)
             has_images = self.config.images == "send" and image is not None
             try:
-                items = parse_qas(line.text(has_images, usage))
+                answer = line.text(has_images, usage)
             except FatalEndpointErrors:
                 raise
             except EndpointError as exc:
-                drops.append(_drop(new_id, sample, number, "evolve", f"endpoint: {exc}", operator))
+                drops.append(make_drop(sample, new_id, number, "evolve", failure_reason(exc), operator))
                 continue
-            except AnswerParseError as exc:
-                drops.append(
-                    _drop(new_id, sample, number, "evolve", f"unreadable answer: {exc.reason}", operator, exc.raw)
-                )
-                continue
-            evolved.append(
-                sample.model_copy(
-                    update={"id": new_id, "qa": items, "round": number, "operator": operator, "parent_id": sample.id}
-                )
-            )
+            result = read_evolution(sample, number, operator, answer)
+            if isinstance(result, Drop):
+                drops.append(result)
+            else:
+                evolved.append(result)
         return evolved, drops
 
     def judge_results(
@@ -736,23 +737,17 @@ class _BatchRun:
             child = read_sample_at(evolved_path, view.evolved[seed_id])
             has_images = send and versions[seed_id][1] is not None
             try:
-                verdicts = parse_verdicts(line.text(has_images, usage), len(child.qa))
+                answer = line.text(has_images, usage)
             except FatalEndpointErrors:
                 raise
             except EndpointError as exc:
-                drops.append(_drop(child.id, child, number, "judge", f"endpoint: {exc}", child.operator, None, child))
+                reason = failure_reason(exc)
+                drops.append(make_drop(child, child.id, number, "judge", reason, child.operator, None, child))
                 continue
-            except AnswerParseError as exc:
-                drops.append(
-                    _drop(child.id, child, number, "judge", f"unreadable verdicts: {exc.reason}", child.operator,
-                          exc.raw, child)
-                )  # fmt: skip
+            verdict = read_judgement(child, answer)
+            if isinstance(verdict, Drop):
+                drops.append(verdict)
                 continue
-            items = [
-                item.model_copy(update={"improved": v.improved, "score": v.score, "reason": v.reason})
-                for item, v in zip(child.qa, verdicts, strict=True)
-            ]
-            verdict = child.model_copy(update={"qa": items})
             judged.append(verdict)
             survivor, rejected = apply_keep_rule(verdict, self.config.min_score)
             if survivor is not None:
@@ -775,8 +770,8 @@ class _BatchRun:
         """Remove the seeds' earlier lines from the named round files, then append the new ones."""
         for name in names:
             path = self.folder.round_file(number, name)
-            _repair_tail(path)
-            _purge(path, seed_ids)
+            repair_tail(path)
+            purge_lines(path, seed_ids)
         self.append(number, evolved, judged, kept, drops)
 
     def append(
@@ -851,51 +846,6 @@ class _BatchRun:
         return summary
 
 
-def _repair_tail(path: Path) -> None:
-    """Cut a torn last line (no newline, or not JSON) off a JSONL file we append to.
-
-    Same contract as runfolder.repair_tail, which today truncates every file it is given (runfolder.py:115
-    reads `size - 1 << 20` as `(size - 1) << 20`); use it again once that is fixed.
-    """
-    if not path.exists():
-        return
-    with path.open("rb+") as fp:
-        size = fp.seek(0, os.SEEK_END)
-        start = max(0, size - (1 << 20))
-        fp.seek(start)
-        tail = fp.read()
-        if not tail:
-            return
-        keep = size
-        if not tail.endswith(b"\n"):
-            cut = tail.rfind(b"\n")
-            keep = start + cut + 1 if cut >= 0 else start
-        else:
-            last = tail.rfind(b"\n", 0, len(tail) - 1) + 1
-            try:
-                json.loads(tail[last:])
-            except ValueError:
-                keep = start + last
-        if keep != size:
-            fp.truncate(keep)
-
-
-def _drop(
-    new_id: str,
-    sample: Sample,
-    round_number: int,
-    stage: Literal["evolve", "judge"],
-    reason: str,
-    operator: str | None,
-    raw: str | None = None,
-    kept_sample: Sample | None = None,
-) -> Drop:
-    return Drop(
-        id=new_id, seed_id=sample.seed_id, round=round_number, stage=stage, reason=reason, operator=operator,
-        raw=raw, sample=kept_sample,
-    )  # fmt: skip
-
-
 def _joint_status(pending: PendingStage) -> str:
     statuses = sorted({b.status for b in pending.batches})
     return "/".join(statuses) or "submitting"
@@ -938,6 +888,9 @@ def batch_step(
     max_bytes: int = MAX_BATCH_BYTES,
 ) -> BatchStep:
     """One cron-safe step of a Batch API run: submit the next stage, report a pending one, or collect it.
+
+    The caller prints the returned step's `line()`; `message` only gets side notes (a seed gone from the
+    seed files, what was collected before an error is raised).
 
     Raises RunLockedError when another invocation holds the run folder, UsageError for other settings than
     the run folder's, EndpointError when the Batch API cannot be reached or a batch failed, and the fatal

@@ -254,6 +254,16 @@ def run(
         logs = [target / "evolve.log"] + ([config.log_file] if config.log_file else [])
         messenger = Messenger(config.quiet, logs)
         messenger.log(f"evolve {__version__} run {' '.join(map(str, files))} -> {target}")
+        if batch:
+            from evolve.batch import batch_step
+
+            step = batch_step(config, files, target, messenger)
+            messenger(step.line())
+            if step.done and step.summary:
+                _print_run_summary(step.summary, messenger)
+                if step.summary.get("status") != "done":
+                    raise typer.Exit(3)
+            return
         if workers > 1:
             from evolve.workers import run_workers
 

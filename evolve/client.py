@@ -328,7 +328,7 @@ def proxy_for(url: str) -> str | None:
     return proxy
 
 
-def _answer(payload: Any) -> tuple[str, int, int, str | None]:
+def answer_fields(payload: Any) -> tuple[str, int, int, str | None]:
     """(text, prompt tokens, completion tokens, finish reason) from a chat completion body."""
     try:
         choice = payload["choices"][0]
@@ -546,7 +546,7 @@ class ChatClient:
             raise
         except Exception as exc:
             raise self._scrubbed(map_exception(exc, has_images=has_images, timeout=self.settings.timeout)) from exc
-        return _answer(payload)
+        return answer_fields(payload)
 
     async def _send_sdk(self, body: dict[str, Any], has_images: bool) -> tuple[str, int, int, str | None]:
         sdk = self._sdk

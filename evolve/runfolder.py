@@ -112,7 +112,7 @@ def repair_tail(path: Path) -> bool:
         size = fp.seek(0, os.SEEK_END)
         if size == 0:
             return False
-        start = max(0, size - 1 << 20)
+        start = max(0, size - (1 << 20))
         fp.seek(start)
         tail = fp.read()
         keep = size
@@ -231,13 +231,13 @@ def scan_round(folder: RunFolder, number: int, min_score: float) -> RoundState:
     incomplete = seen - state.complete
     if incomplete:
         for name in ROUND_FILES:
-            _purge(folder.round_file(number, name), incomplete)
+            purge_lines(folder.round_file(number, name), incomplete)
     for offset, record in iter_json_lines(folder.round_file(number, "kept")):
         state.kept_offsets[record["seed_id"]] = offset
     return state
 
 
-def _purge(path: Path, seed_ids: set[str]) -> None:
+def purge_lines(path: Path, seed_ids: set[str]) -> None:
     """Rewrite a JSONL file without the lines of the given seeds."""
     if not path.exists():
         return

@@ -18,7 +18,7 @@ from evolve.images import EncodedImage, ImageEncoder, remote_image
 from evolve.operators import choose_operator
 from evolve.parse import parse_qas, parse_verdicts
 from evolve.prompts import PromptSet
-from evolve.records import QAS, Drop, Sample
+from evolve.records import QAS, Drop, Sample, Stage
 
 
 @dataclass
@@ -73,6 +73,31 @@ def evolution_request(ctx: StageContext, sample: Sample, round_number: int) -> t
     return operator, ctx.prompts.render_evolution(operator, sample)
 
 
+def read_evolution(sample: Sample, round_number: int, operator: str, answer: str) -> Sample | Drop:
+    """The child sample an evolution answer describes, or a Drop keeping the raw text; pure."""
+    new_id = child_id(sample.seed_id, round_number)
+    try:
+        items = parse_qas(answer)
+    except AnswerParseError as exc:
+        return make_drop(sample, new_id, round_number, "evolve", f"unreadable answer: {exc.reason}", operator, exc.raw)
+    update = {"id": new_id, "qa": items, "round": round_number, "operator": operator, "parent_id": sample.id}
+    return sample.model_copy(update=update)
+
+
+def read_judgement(child: Sample, answer: str) -> Sample | Drop:
+    """The child with one verdict per rewritten item, or a Drop keeping the raw text; pure."""
+    try:
+        verdicts = parse_verdicts(answer, len(child.qa))
+    except AnswerParseError as exc:
+        reason = f"unreadable verdicts: {exc.reason}"
+        return make_drop(child, child.id, child.round, "judge", reason, child.operator, exc.raw, child)
+    items = [
+        item.model_copy(update={"improved": v.improved, "score": v.score, "reason": v.reason})
+        for item, v in zip(child.qa, verdicts, strict=True)
+    ]
+    return child.model_copy(update={"qa": items})
+
+
 async def evolve_sample(
     ctx: StageContext,
     sample: Sample,
@@ -86,28 +111,12 @@ async def evolve_sample(
     try:
         images = await _images(ctx, image, ctx.config.images == "send")
         result = await ctx.client.chat(ChatRequest(system=ctx.prompts.system, text=text, images=images))
-        _count(usage, result)
-        items = parse_qas(result.text)
     except FatalEndpointErrors:
         raise
-    except EndpointError as exc:
-        return operator, _drop(new_id, sample, round_number, "evolve", f"endpoint: {exc}", operator)
-    except ImageError as exc:
-        return operator, _drop(new_id, sample, round_number, "evolve", f"image: {exc}", operator)
-    except AnswerParseError as exc:
-        return operator, _drop(
-            new_id, sample, round_number, "evolve", f"unreadable answer: {exc.reason}", operator, exc.raw
-        )
-    child = sample.model_copy(
-        update={
-            "id": new_id,
-            "qa": items,
-            "round": round_number,
-            "operator": operator,
-            "parent_id": sample.id,
-        }
-    )
-    return operator, child
+    except (EndpointError, ImageError) as exc:
+        return operator, make_drop(sample, new_id, round_number, "evolve", failure_reason(exc), operator)
+    _count(usage, result)
+    return operator, read_evolution(sample, round_number, operator, result.text)
 
 
 async def judge_sample(
@@ -122,30 +131,17 @@ async def judge_sample(
     try:
         images = await _images(ctx, image, ctx.config.images == "send" and ctx.config.judge_images)
         result = await ctx.judge_client.chat(ChatRequest(system=ctx.prompts.system, text=text, images=images))
-        _count(usage, result)
-        verdicts = parse_verdicts(result.text, len(child.qa))
     except FatalEndpointErrors:
         raise
-    except EndpointError as exc:
-        return _drop(child.id, child, child.round, "judge", f"endpoint: {exc}", child.operator, None, child)
-    except ImageError as exc:
-        return _drop(child.id, child, child.round, "judge", f"image: {exc}", child.operator, None, child)
-    except AnswerParseError as exc:
-        return _drop(
-            child.id,
-            child,
-            child.round,
-            "judge",
-            f"unreadable verdicts: {exc.reason}",
-            child.operator,
-            exc.raw,
-            child,
-        )
-    items = [
-        item.model_copy(update={"improved": v.improved, "score": v.score, "reason": v.reason})
-        for item, v in zip(child.qa, verdicts, strict=True)
-    ]
-    return child.model_copy(update={"qa": items})
+    except (EndpointError, ImageError) as exc:
+        return make_drop(child, child.id, child.round, "judge", failure_reason(exc), child.operator, None, child)
+    _count(usage, result)
+    return read_judgement(child, result.text)
+
+
+def failure_reason(exc: EndpointError | ImageError) -> str:
+    """The reason recorded for a call that failed."""
+    return f"{'image' if isinstance(exc, ImageError) else 'endpoint'}: {exc}"
 
 
 def apply_keep_rule(judged: Sample, min_score: float) -> tuple[Sample | None, Drop | None]:
@@ -156,9 +152,9 @@ def apply_keep_rule(judged: Sample, min_score: float) -> tuple[Sample | None, Dr
     drop = None
     if rejected:
         reasons = sorted({_rejection(item, min_score) for item in rejected})
-        drop = _drop(
-            judged.id,
+        drop = make_drop(
             judged,
+            judged.id,
             judged.round,
             "eliminate",
             f"{len(rejected)} of {len(judged.qa)} rewrites rejected: {'; '.join(reasons)}",
@@ -173,27 +169,26 @@ def _rejection(item: QAS, min_score: float) -> str:
     return "not improved" if not item.improved else f"score below {min_score:g}"
 
 
-def _drop(
-    new_id: str,
+def make_drop(
     sample: Sample,
+    new_id: str,
     round_number: int,
-    stage: str,
+    stage: Stage,
     reason: str,
     operator: str | None,
     raw: str | None = None,
     kept_sample: Sample | None = None,
 ) -> Drop:
-    return Drop.model_validate(
-        {
-            "id": new_id,
-            "seed_id": sample.seed_id,
-            "round": round_number,
-            "stage": stage,
-            "reason": reason,
-            "operator": operator,
-            "raw": raw,
-            "sample": kept_sample,
-        }
+    """A Drop of `sample`'s version `new_id` in a round, with the reason and what is worth keeping."""
+    return Drop(
+        id=new_id,
+        seed_id=sample.seed_id,
+        round=round_number,
+        stage=stage,
+        reason=reason,
+        operator=operator,
+        raw=raw,
+        sample=kept_sample,
     )
 
 

@@ -109,3 +109,16 @@ def test_dry_run_sends_nothing(server: ThreadedServer) -> None:
     assert result.exit_code == 0, result.output
     assert "### Given Q&A&S" in result.output and "round 1" in result.output and "10 samples" in result.output
     assert server.stats()["total"] == 0
+
+
+def test_batch_mode_across_cron_invocations(server: ThreadedServer, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    said = []
+    for _ in range(3):
+        result = evolve(server, str(SEEDS), "--batch", "--rounds", "1", "--out", str(out), "--images", "skip")
+        assert result.exit_code == 0, result.output
+        said.append(result.output)
+    assert "submitted evolve round 1" in said[0]
+    assert "submitted judge round 1" in said[1]
+    assert len(lines(out / "final.jsonl")) == 10 and json.loads((out / "run.json").read_text())["status"] == "done"
+    assert server.stats()["batches"] == 2

@@ -408,26 +408,19 @@ def drops(out: Path, number: int = 1) -> list[dict[str, Any]]:
     return [d for d in map(json.loads, lines) if d["stage"] in ("evolve", "judge")]
 
 
-@pytest.mark.parametrize(
-    "faults",
-    [
-        pytest.param([{"kind": "429", "count": 3, "retry_after": 0.3}], id="429-retry-after"),
-        pytest.param([{"kind": "500", "count": 2}, {"kind": "503", "count": 1}], id="500-503"),
-        pytest.param([{"kind": "reset", "count": 2}], id="reset"),
-    ],
-)
 def test_transient_faults_are_retried_and_the_run_finishes(
-    srv: ThreadedServer, reference: dict[str, Any], tmp_path: Path, faults: list[dict[str, Any]]
+    srv: ThreadedServer, reference: dict[str, Any], tmp_path: Path
 ) -> None:
+    faults = [{"kind": "429", "count": 1, "retry_after": 0.2}, {"kind": "500", "count": 2},
+              {"kind": "503", "count": 1}, {"kind": "reset", "count": 1}]  # fmt: skip
     srv.add_faults(*faults)
     out = tmp_path / "run"
     result = run(run_cmd(srv, out, rounds=1), tmp_path)
     assert result.returncode == 0, result.stderr
     assert round1(out) == one_round(reference)
     stats = srv.stats()
-    injected = sum(f["count"] for f in faults)
-    assert sum(stats["faults_fired"].values()) == injected and stats["faults_pending"] == 0
-    assert stats["total"] == reference["requests"] // 2 + injected, "each fault costs exactly one retry"
+    assert stats["faults_fired"] == {"429": 1, "500": 2, "503": 1, "reset": 1} and stats["faults_pending"] == 0
+    assert stats["total"] == reference["requests"] // 2 + 5, "each fault costs exactly one retry"
     assert status_of(out) == "done"
 
 
@@ -446,64 +439,56 @@ def test_429_pauses_all_workers_together(srv: ThreadedServer, reference: dict[st
     assert total_requests(srv) == reference["requests"] // 2 + 1
 
 
-def test_hang_with_short_timeout_is_retried(srv: ThreadedServer, reference: dict[str, Any], tmp_path: Path) -> None:
-    srv.add_fault("hang", count=1, hang_seconds=30)
+def test_hang_is_retried_after_the_timeout_or_dropped_with_reason(srv: ThreadedServer, tmp_path: Path) -> None:
+    retried, dropped = "0_images_demo-001.png", "2_images_demo-003.png"
+    srv.add_faults(
+        {"kind": "hang", "count": 1, "hang_seconds": 30, "match": FIRST_QUESTION[retried]},
+        {"kind": "hang", "count": 2, "hang_seconds": 30, "match": FIRST_QUESTION[dropped]},
+    )
     out = tmp_path / "run"
     began = time.monotonic()
-    result = run(run_cmd(srv, out, "--timeout", "1", rounds=1), tmp_path)
-    assert result.returncode == 0, result.stderr
+    result = run(run_cmd(srv, out, "--timeout", "1", "--max-retries", "1", rounds=1), tmp_path)
     assert time.monotonic() - began < 20
-    assert round1(out) == one_round(reference)
-    assert srv.stats()["total"] == reference["requests"] // 2 + 1
-
-
-def test_hang_without_retries_is_dropped_with_reason(srv: ThreadedServer, tmp_path: Path) -> None:
-    srv.add_fault("hang", count=1, hang_seconds=30, match=FIRST_QUESTION["2_images_demo-003.png"])
-    out = tmp_path / "run"
-    result = run(run_cmd(srv, out, "--timeout", "1", "--max-retries", "0", rounds=1), tmp_path)
     assert result.returncode == 3, result.stderr
     [drop] = drops(out)
-    assert drop["seed_id"] == "2_images_demo-003.png" and drop["stage"] == "evolve"
+    assert drop["seed_id"] == dropped and drop["stage"] == "evolve"
     assert "timed out" in drop["reason"]
-    assert len(check_file(out / "round-1" / "evolved.jsonl")) == 9
+    evolved = by_seed(check_file(out / "round-1" / "evolved.jsonl"))
+    assert retried in evolved and len(evolved) == 9
+    assert srv.stats()["faults_fired"] == {"hang": 3}
     assert status_of(out) == "done_with_failures"
 
 
-def test_malformed_answer_is_dropped_with_its_raw_text(srv: ThreadedServer, tmp_path: Path) -> None:
+def test_broken_answers_are_dropped_with_raw_text_or_parsed(srv: ThreadedServer, tmp_path: Path) -> None:
+    """malformed / truncated / garbage / empty answers and a 400, each aimed at one seed's evolve call."""
     from tests.fakeserver.content import MALFORMED_TEXT
 
-    seed = "2_images_demo-003.png"
-    srv.add_fault("malformed", count=1, match=FIRST_QUESTION[seed])
+    aimed = {"malformed": "2_images_demo-003.png", "truncated": "3_images_demo-004.jpg",
+             "garbage_body": "1_images_demo-002.jpg", "empty": "0_images_demo-001.png",
+             "400": "9_images_demo-010.jpg"}  # fmt: skip
+    srv.add_faults(*({"kind": kind, "count": 1, "match": FIRST_QUESTION[seed]} for kind, seed in aimed.items()))
     out = tmp_path / "run"
     result = run(run_cmd(srv, out, rounds=1), tmp_path)
     assert result.returncode == 3, result.stderr
-    [drop] = drops(out)
-    assert drop["seed_id"] == seed and drop["stage"] == "evolve"
-    assert drop["reason"].startswith("unreadable answer")
-    assert drop["raw"] == MALFORMED_TEXT
-    assert seed not in by_seed(check_file(out / "round-1" / "evolved.jsonl"))
-    requests = [e for e in srv.log() if e["fault"] == "malformed"]
-    assert len(requests) == 1
-    assert sum(1 for e in srv.log() if e["sha256"] == requests[0]["sha256"]) == 1, "an answer is not retried"
-
-
-@pytest.mark.parametrize("kind", ["truncated", "garbage_body", "empty"])
-def test_broken_answer_is_parsed_or_dropped_with_reason(srv: ThreadedServer, tmp_path: Path, kind: str) -> None:
-    seed = "3_images_demo-004.jpg"
-    srv.add_fault(kind, count=1, match=FIRST_QUESTION[seed])
-    out = tmp_path / "run"
-    result = run(run_cmd(srv, out, rounds=1), tmp_path)
-    assert result.returncode in (0, 3), result.stderr
-    assert srv.stats()["faults_fired"] == {kind: 1}
+    assert srv.stats()["faults_fired"] == dict.fromkeys(aimed, 1)
     evolved = by_seed(check_file(out / "round-1" / "evolved.jsonl"))
-    dropped = [d for d in drops(out) if d["seed_id"] == seed]
-    assert (seed in evolved) != bool(dropped), "the sample is either evolved or dropped, exactly once"
-    if dropped:
-        assert dropped[0]["reason"]
-        if kind == "truncated":
-            assert dropped[0]["raw"], "the raw text of an unreadable answer is kept"
-    assert len(evolved) + len([d for d in drops(out) if d["stage"] == "evolve"]) == 10
-    assert (result.returncode == 3) == bool(dropped)
+    failed = {d["seed_id"]: d for d in drops(out)}
+    assert all(d["stage"] == "evolve" for d in failed.values())
+    for seed in aimed.values():
+        assert (seed in evolved) != (seed in failed), f"{seed} is either evolved or dropped, exactly once"
+    assert len(evolved) + len(failed) == 10
+
+    malformed = failed[aimed["malformed"]]
+    assert malformed["reason"].startswith("unreadable answer") and malformed["raw"] == MALFORMED_TEXT
+    if aimed["truncated"] in failed:
+        assert failed[aimed["truncated"]]["raw"], "the raw text of an unreadable answer is kept"
+    assert aimed["garbage_body"] in evolved, "a body that is not JSON is retried"
+    assert "400" in failed[aimed["400"]]["reason"]
+
+    log = srv.log()
+    for kind in ("malformed", "400"):
+        [entry] = [e for e in log if e["fault"] == kind]
+        assert sum(1 for e in log if e["sha256"] == entry["sha256"]) == 1, f"{kind}: not retried"
 
 
 def test_401_stops_the_run_at_once(srv: ThreadedServer, tmp_path: Path) -> None:
@@ -526,20 +511,6 @@ def test_401_stops_the_run_at_once(srv: ThreadedServer, tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stderr
     assert len(check_file(out / "round-1" / "evolved.jsonl")) == 10
     assert sum(1 for e in srv.log() if e["status"] == 200) == 20
-
-
-def test_400_is_not_retried(srv: ThreadedServer, tmp_path: Path) -> None:
-    seed = "1_images_demo-002.jpg"
-    srv.add_fault("400", count=1, match=FIRST_QUESTION[seed])
-    out = tmp_path / "run"
-    result = run(run_cmd(srv, out, rounds=1), tmp_path)
-    assert result.returncode == 3, result.stderr
-    log = srv.log()
-    [bad] = [e for e in log if e["status"] == 400]
-    assert sum(1 for e in log if e["sha256"] == bad["sha256"]) == 1
-    assert len(log) == 19, "10 evolve + 9 judge: the failed sample is not judged"
-    [drop] = drops(out)
-    assert drop["seed_id"] == seed and "400" in drop["reason"]
 
 
 def test_failure_budget_stops_cleanly_with_exit_3(srv: ThreadedServer, tmp_path: Path) -> None:
