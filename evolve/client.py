@@ -487,23 +487,7 @@ class ChatClient:
             session = self._session
 
             async def get() -> list[str]:
-                try:
-                    async with session.get(self._models_url, proxy=self._proxy) as resp:
-                        raw = await resp.read()
-                        if resp.status >= 400:
-                            raise self._scrubbed(
-                                map_status(
-                                    resp.status,
-                                    error_message_of(raw),
-                                    has_images=False,
-                                    retry_after=retry_after_from_headers(resp.headers),
-                                )
-                            )
-                        payload = _loads(raw)
-                except EndpointError:
-                    raise
-                except Exception as exc:
-                    raise self._scrubbed(map_exception(exc, timeout=self.settings.timeout)) from exc
+                payload = await self._fetch_aiohttp(session.get(self._models_url, proxy=self._proxy), False)
                 try:
                     return [str(m["id"]) for m in payload["data"]]
                 except (KeyError, TypeError) as exc:
@@ -522,12 +506,10 @@ class ChatClient:
         return await self._with_retries(get_sdk, 0)
 
     # transports --------------------------------------------------------------------------------
-    async def _send_aiohttp(self, body: dict[str, Any], has_images: bool) -> tuple[str, int, int, str | None]:
-        session = self._session
-        assert session is not None
-        self.usage.requests += 1
+    async def _fetch_aiohttp(self, request: Any, has_images: bool) -> Any:
+        """Send one aiohttp request; the decoded JSON body, or the EndpointError its failure maps to."""
         try:
-            async with session.post(self._chat_url, data=_dumps(body), proxy=self._proxy) as resp:
+            async with request as resp:
                 raw = await resp.read()
                 status = resp.status
                 if status >= 300:
@@ -541,11 +523,19 @@ class ChatClient:
                             retry_after=retry_after_from_headers(resp.headers),
                         )
                     )
-            payload = _loads(raw)
+            return _loads(raw)
         except EndpointError:
             raise
         except Exception as exc:
             raise self._scrubbed(map_exception(exc, has_images=has_images, timeout=self.settings.timeout)) from exc
+
+    async def _send_aiohttp(self, body: dict[str, Any], has_images: bool) -> tuple[str, int, int, str | None]:
+        session = self._session
+        assert session is not None
+        self.usage.requests += 1
+        payload = await self._fetch_aiohttp(
+            session.post(self._chat_url, data=_dumps(body), proxy=self._proxy), has_images
+        )
         return answer_fields(payload)
 
     async def _send_sdk(self, body: dict[str, Any], has_images: bool) -> tuple[str, int, int, str | None]:

@@ -457,15 +457,20 @@ def write_samples(path: Path, samples: Iterable[Sample]) -> int:
     return count
 
 
+def _dialogue(sample: Sample, image_token: str) -> Iterator[tuple[str, str]]:
+    """(question, answer) turns, the image token before the first question when there is an image."""
+    for index, item in enumerate(sample.qa):
+        prefix = image_token if index == 0 and sample.image else ""
+        yield prefix + item.question, item.answer
+
+
 def to_llava(sample: Sample) -> dict[str, Any]:
     """A LLaVA training record: ``<image>`` on the first human turn when there is an image."""
-    turns: list[dict[str, str]] = []
-    for index, item in enumerate(sample.qa):
-        question = item.question
-        if index == 0 and sample.image:
-            question = f"<image>\n{question}"
-        turns.append({"from": "human", "value": question})
-        turns.append({"from": "gpt", "value": item.answer})
+    turns = [
+        turn
+        for question, answer in _dialogue(sample, "<image>\n")
+        for turn in ({"from": "human", "value": question}, {"from": "gpt", "value": answer})
+    ]
     record: dict[str, Any] = {"id": sample.id, "conversations": turns}
     if sample.image:
         record["image"] = sample.image
@@ -474,13 +479,11 @@ def to_llava(sample: Sample) -> dict[str, Any]:
 
 def to_sharegpt(sample: Sample) -> dict[str, Any]:
     """A ShareGPT record as LLaMA-Factory reads it: ``messages`` and an ``images`` list."""
-    messages: list[dict[str, str]] = []
-    for index, item in enumerate(sample.qa):
-        question = item.question
-        if index == 0 and sample.image:
-            question = f"<image>{question}"
-        messages.append({"role": "user", "content": question})
-        messages.append({"role": "assistant", "content": item.answer})
+    messages = [
+        turn
+        for question, answer in _dialogue(sample, "<image>")
+        for turn in ({"role": "user", "content": question}, {"role": "assistant", "content": answer})
+    ]
     return {"id": sample.id, "messages": messages, "images": [sample.image] if sample.image else []}
 
 

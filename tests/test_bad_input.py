@@ -230,11 +230,6 @@ def test_run_messages_name_file_and_line(workdir: Path, server: ThreadedServer) 
         assert sum(1 for line in skipped if f"{seeds}:{number}:" in line) == 1, result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pipeline.py Runner._finish_summary touches round-1/*.jsonl without creating round-1/, so "
-    "--strict (and an empty seed file) end in a FileNotFoundError traceback and exit 1 instead of exit 2",
-)
 @pytest.mark.parametrize("case", ["strict", "empty file"])
 def test_run_stops_with_exit_2(workdir: Path, server: ThreadedServer, case: str) -> None:
     if case == "strict":

@@ -146,7 +146,8 @@ def test_ray_equals_local_and_merged_shards(
 
     spec = {"out": str(tmp_path / "ray"), "resumed": str(tmp_path / "resumed"), "failed": str(tmp_path / "failed"),
             "ray_temp": str(ray_temp), "report": str(tmp_path / "report.json")}  # fmt: skip
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": path}
     done = subprocess.run(["unshare", "-rn", "sh", "-c", NETNS_SHELL, sys.executable, INNER, json.dumps(spec)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=280)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
