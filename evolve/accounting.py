@@ -17,12 +17,14 @@ KNOWN_PRICES: dict[str, tuple[float, float]] = {
 
 @dataclass
 class TokenUsage:
-    """Calls and tokens; cache hits are counted apart and cost nothing."""
+    """Answered calls and their tokens; cache hits are counted apart and cost nothing, failed calls (after
+    their retries) apart too."""
 
     requests: int = 0
     cached: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    failed: int = 0
 
     def add_call(self, prompt_tokens: int, completion_tokens: int, cached: bool) -> None:
         """Count one answered call."""
@@ -39,6 +41,7 @@ class TokenUsage:
         self.cached += other.cached
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
+        self.failed += other.failed
 
     def as_dict(self) -> dict[str, int]:
         """Plain numbers for run.json."""
@@ -47,7 +50,7 @@ class TokenUsage:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> TokenUsage:
         """Read back what as_dict wrote."""
-        fields = ("requests", "cached", "prompt_tokens", "completion_tokens")
+        fields = ("requests", "cached", "prompt_tokens", "completion_tokens", "failed")
         return cls(**{k: int((data or {}).get(k, 0)) for k in fields})
 
 

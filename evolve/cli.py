@@ -6,6 +6,7 @@ Exit codes: 0 done, 1 failed, 2 bad usage or input, 3 finished with failures, 4 
 
 from __future__ import annotations
 
+import glob
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -122,7 +123,12 @@ def _seed_files(paths: list[Path]) -> list[Path]:
     """Files named, and the .jsonl/.json files inside folders named."""
     found: list[Path] = []
     for path in paths:
-        if path.is_dir():
+        if not path.exists() and any(c in str(path) for c in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
+            if not matches:
+                raise UsageError(f"{path}: no file matches this pattern")
+            found.extend(matches)
+        elif path.is_dir():
             inside = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json") and p.is_file())
             if not inside:
                 raise UsageError(f"{path}: no .jsonl or .json seed file in this folder")
@@ -163,8 +169,9 @@ def validate(
             report = validate_file(path, image_root=image_root, check_images=not no_images, fmt=fmt, on_problem=problem)
             for line in report.image_problems[:5]:
                 err.print(line, markup=False, highlight=False)
-            if len(report.image_problems) > 5:
-                err.print(f"… and {len(report.image_problems) - 5} more image problems", markup=False)
+            problems = report.images_missing + report.images_bad
+            if problems > 5:
+                err.print(f"… and {problems - 5:,} more image problems", markup=False)
             formats = ", ".join(f"{n:,} {f}" for f, n in sorted(report.formats.items())) or "none"
             out.print(
                 f"{path}: {report.loaded:,} loaded ({formats}; {report.qa_items:,} Q&A items), "
@@ -219,6 +226,8 @@ def run(
     max_failures: Annotated[int | None, typer.Option(help="Stop (exit 3) after this many failed samples.")] = None,
     shard: Annotated[str | None, typer.Option(help="Only shard K of N (K/N, K from 0).")] = None,
     workers: Annotated[int, typer.Option(help="Local worker processes, each a shard, merged at the end.")] = 1,
+    executor: Annotated[str, typer.Option(help="local, or ray (Ray Data; pip install 'evolve[ray]').")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (e.g. auto).")] = None,
     log_file: Annotated[Path | None, typer.Option(help="Also log to this file.")] = None,
     quiet: QuietOpt = None,
     price_in: Annotated[float | None, typer.Option(help="US$ per million input tokens.")] = None,
@@ -264,6 +273,16 @@ def run(
                 if step.summary.get("status") != "done":
                     raise typer.Exit(3)
             return
+        if executor not in ("local", "ray"):
+            raise UsageError("--executor: expected local or ray")
+        if executor == "ray":
+            from evolve.ray_executor import RayRunner
+
+            result = run_with_progress(RayRunner(config, files, target, messenger, ray_address), quiet=config.quiet)
+            _print_run_summary(result.summary, messenger)
+            if result.failures:
+                raise typer.Exit(3)
+            return
         if workers > 1:
             from evolve.workers import run_workers
 
@@ -306,8 +325,10 @@ def _print_dry_run(config: RunConfig, files: list[Path]) -> None:
 
 
 SUMMARY_ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
-    ("samples evolved", lambda r: _fmt(r["samples"])),
-    ("failed (call or answer)", lambda r: _fmt(r["evolve_failed"] + r["judge_failed"])),
+    ("samples", lambda r: _fmt(r["samples"])),
+    ("evolved", lambda r: _fmt(r["evolved"])),
+    ("dropped at evolve", lambda r: _fmt(r["evolve_failed"])),
+    ("dropped at judge", lambda r: _fmt(r["judge_failed"])),
     ("items judged", lambda r: _fmt(r["judged_items"])),
     ("improvement rate", lambda r: _fmt(r["improvement_rate"], "{:.1%}")),
     ("kept samples", lambda r: _fmt(r["kept_samples"])),
@@ -315,7 +336,10 @@ SUMMARY_ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("carried forward", lambda r: _fmt(r["carried_forward"])),
     ("mean accepted score", lambda r: _fmt(r["mean_accepted_score"], "{:.2f}")),
     ("operators", lambda r: " ".join(f"{k[:4]}={v}" for k, v in r["operators"].items()) or "–"),
-    ("requests (cached)", lambda r: f"{r['usage']['requests']:,} ({r['usage']['cached']:,})"),
+    (
+        "calls answered / cached / failed",
+        lambda r: f"{r['usage']['requests']:,} / {r['usage']['cached']:,} / {r['usage'].get('failed', 0):,}",
+    ),
     ("tokens in / out", lambda r: f"{r['usage']['prompt_tokens']:,} / {r['usage']['completion_tokens']:,}"),
     ("est. cost US$", lambda r: _fmt(r["cost_usd"], "{:.4f}")),
 ]
@@ -333,7 +357,7 @@ def _print_run_summary(summary: dict[str, Any], messenger: Messenger) -> None:
         out.print(table)
     for number, stats in rounds.items():
         for reason, count in stats.get("drop_reasons", {}).items():
-            messenger.log(f"round {number}: {count} dropped: {reason}")
+            messenger(f"round {number}: {count:,} × {reason}")
     messenger(
         f"{summary.get('final_samples', 0):,} evolved samples in final.jsonl; "
         f"{summary.get('rejected_seeds', 0):,} seeds rejected"

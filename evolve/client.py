@@ -62,7 +62,9 @@ MAX_RETRY_AFTER = 600.0
 IMAGE_TOKENS = 85
 """Tokens one low-detail image costs (for the --tpm estimate)."""
 _IMAGE_HINT = re.compile(
-    r"image|vision|multi-?modal|modalit|content[ _-]?type|content part|image_url|projector|mmproj", re.I
+    r"image|vision|multi-?modal|modalit|content[ _-]?type|content part|image_url|projector|mmproj"
+    r'|\(not "list"\)',  # a text-only chat template given a list of content parts (llama.cpp server)
+    re.I,
 )
 _IMAGE_STATUSES = frozenset({400, 415, 422, 500})
 _TRANSIENT_4XX = frozenset({408, 409, 425, 429})

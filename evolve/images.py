@@ -96,6 +96,11 @@ def check_image(path: Path, max_bytes: int = MAX_IMAGE_BYTES) -> None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.verify()
+                jpeg = img.format == "JPEG"
+            if jpeg:  # verify() does not read JPEG data: decode a small draft to catch truncated files
+                with Image.open(path) as img:
+                    img.draft("RGB", (64, 64))
+                    img.load()
     except UnidentifiedImageError:
         raise ImageError(f"not an image: {path}") from None
     except Image.DecompressionBombError as exc:

@@ -389,7 +389,7 @@ def _failure_reason(text: str, failures: list[_Candidate[Any]], noun: str) -> st
         cut = " (and the last was cut off)" if worst.cut_off else ""
         return f"{count} item{'s' if count != 1 else ''}, none valid: {common}{cut}"
     if any(c.truncated for c in failures):
-        return "answer cut off before the first item was complete"
+        return "the answer ends inside its first item (no complete item)"
     shape = next((c.shape for c in failures if c.shape), None)
     if shape:
         return f"no {noun} items in {shape}"

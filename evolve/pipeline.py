@@ -83,7 +83,7 @@ class RunResult:
 
     folder: RunFolder
     summary: dict[str, Any]
-    failures: int
+    failures: bool
 
 
 def count_lines(paths: list[Path]) -> int:
@@ -104,7 +104,8 @@ def iter_seeds(paths: list[Path], config: RunConfig) -> Iterator[tuple[Sample, P
             if isinstance(item, Rejected):
                 if config.strict:
                     raise RecordError(item.where, item.reason)
-                yield Drop(id=item.where, seed_id=item.where, round=0, stage="input", reason=item.reason)
+                reason = f"{item.where}: {item.reason}"
+                yield Drop(id=item.where, seed_id=item.where, round=0, stage="input", reason=reason)
                 continue
             sample = item.sample
             if shard is not None and shard_of(sample.seed_id, shard[1]) != shard[0]:
@@ -180,6 +181,7 @@ class Runner:
         self.counters = RunCounters()
         self.files = AppendFiles()
         self.failures = 0
+        self.budget_spent = False
         self.stop_signal: int | None = None
         self.fatal: EvolveError | None = None
         self._stopping = asyncio.Event()
@@ -232,12 +234,12 @@ class Runner:
             raise self.fatal
         if self.stop_signal is not None:
             raise Interrupted(self.stop_signal)
-        if self.config.max_failures is not None and self.failures > self.config.max_failures:
+        if self.budget_spent:
             raise FailureBudgetExceeded(
                 f"{self.failures} samples failed, over --max-failures {self.config.max_failures}; "
                 "fix the cause and run the same command again to resume"
             )
-        return RunResult(self.folder, summary, self.failures)
+        return RunResult(self.folder, summary, summary["status"] != "done")
 
     async def _run_chains(
         self, prompts: PromptSet, cache: ResponseCache | NullCache, states: dict[int, RoundState]
@@ -270,24 +272,23 @@ class Runner:
         producer: asyncio.Task[None],
         queue: asyncio.Queue[tuple[Sample, Path | str | None] | None],
     ) -> None:
-        everything: asyncio.Future[Any] = asyncio.gather(producer, *workers)
+        """Until every seed is done, or a stop: then in-flight sample-rounds get GRACE_SECONDS to finish."""
+        everything: asyncio.Future[list[Any]] = asyncio.gather(producer, *workers, return_exceptions=True)
         stop: asyncio.Future[Any] = asyncio.create_task(self._stopping.wait())
         await asyncio.wait({everything, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
         if not everything.done():
-            grace = 0.0 if self.fatal is not None else GRACE_SECONDS
             producer.cancel()
-            await asyncio.sleep(0)
+            await asyncio.wait({producer})
             self._release_workers(queue, len(workers))
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(everything), timeout=grace)
+            grace = 0.0 if self.fatal is not None else GRACE_SECONDS
+            if grace > 0:
+                await asyncio.wait(workers, timeout=grace)
             for task in workers:
                 task.cancel()
-        stop.cancel()
-        try:
-            await everything
-        except asyncio.CancelledError:
-            if not self._stopping.is_set():
-                raise
+        for result in await everything:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
 
     def _on_signal(self, sig: int) -> None:
         if self.stop_signal is None:
@@ -312,6 +313,9 @@ class Runner:
                     self.message(f"skipped {item.reason}")
                     continue
                 await queue.put(item)
+        except EvolveError as exc:  # --strict and unreadable seed files stop the run
+            self._stop_with(exc)
+            return
         finally:
             self._write_rejected(rejected)
         for _ in range(self.config.concurrency):
@@ -380,6 +384,7 @@ class Runner:
             self.failures += 1
             budget = self.config.max_failures
             if budget is not None and self.failures > budget:
+                self.budget_spent = True
                 self._stopping.set()
 
     # ------------------------------------------------------------------ run.json
@@ -425,12 +430,15 @@ class Runner:
         final_count = concat_files(
             [self.folder.round_file(n, "kept") for n in range(1, self.config.rounds + 1)], self.folder.final
         )
+        failed = sum(r["evolve_failed"] + r["judge_failed"] for r in rounds.values())
         status = "done"
         if self.fatal is not None:
             status = "failed"
         elif self.stop_signal is not None:
             status = "interrupted"
-        elif self.failures:
+        elif self.budget_spent:
+            status = "stopped"
+        elif failed:
             status = "done_with_failures"
         summary.update(
             {

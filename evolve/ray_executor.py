@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import math
 import pickle
 import signal
@@ -194,8 +195,12 @@ class RayRunner(Runner):
             raise UsageError("--actors: use 1 or more")
         make_clients(self.config, NullCache())  # a missing API key fails here, not inside every actor
         started = False
+        if self.config.quiet:  # cron: Ray's own notices (start-up, dataset plans) stay out of the way
+            for name in ("ray", "ray.data"):
+                logging.getLogger(name).setLevel(logging.ERROR)
         if not self.ray.is_initialized():
-            self.ray.init(address=self.address, include_dashboard=False)
+            level = logging.ERROR if self.config.quiet else logging.INFO
+            self.ray.init(address=self.address, include_dashboard=False, logging_level=level)
             started = True
         try:
             return await super().run()
@@ -253,7 +258,11 @@ class RayRunner(Runner):
 
     def _drive(self, prompts: PromptSet, states: dict[int, RoundState]) -> None:
         """Build the rows, run them through the actor pool, record the outcomes as they arrive."""
-        rows = self._rows(states)
+        try:
+            rows = self._rows(states)
+        except EvolveError as exc:  # --strict and unreadable seed files stop the run, as in a local run
+            self._stop_with(exc)
+            return
         if not rows or self._stopping.is_set():
             return
         ray = self.ray

@@ -4,7 +4,8 @@ Per round and per seed, one sample-round writes its lines in a fixed order:
 - evolve failed:  dropped(stage=evolve)
 - judge failed:   evolved, dropped(stage=judge)
 - judged:         evolved, judged, kept (if any item survived), dropped(stage=eliminate) (if any did not)
-A sample-round is complete when its last line is there; a resume purges the lines of incomplete ones (the
+A sample-round is complete when its last line is there, except that a failed call (endpoint or image) is
+tried again by the next invocation; a resume purges the lines of incomplete ones (the
 response cache makes redoing them free) and a torn last line is cut off.
 """
 
@@ -27,6 +28,7 @@ from evolve.errors import RunLockedError, UsageError
 from evolve.records import QAS, Sample
 
 ROUND_FILES = ("evolved", "judged", "kept", "dropped")
+RETRIED_ON_RESUME = ("endpoint:", "image:")
 FSYNC_EVERY_SECONDS = 1.0
 
 
@@ -216,7 +218,10 @@ def scan_round(folder: RunFolder, number: int, min_score: float) -> RoundState:
         kept.add(record["seed_id"])
         seen.add(record["seed_id"])
     for _, record in iter_json_lines(folder.round_file(number, "dropped")):
-        drops.setdefault(record["seed_id"], set()).add(record["stage"])
+        stage = record["stage"]
+        if stage in ("evolve", "judge") and record["reason"].startswith(RETRIED_ON_RESUME):
+            stage = "retry"  # the endpoint failed: a resume tries again (answers that were read stay final)
+        drops.setdefault(record["seed_id"], set()).add(stage)
         seen.add(record["seed_id"])
 
     state = RoundState(number)

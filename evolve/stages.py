@@ -54,6 +54,11 @@ def _count(usage: TokenUsage | None, result: ChatResult) -> None:
         usage.add_call(result.prompt_tokens, result.completion_tokens, result.cached)
 
 
+def _count_failure(usage: TokenUsage | None) -> None:
+    if usage is not None:
+        usage.failed += 1
+
+
 def child_id(seed_id: str, round_number: int) -> str:
     """The stable id of a seed's version in a round."""
     return f"{seed_id}@r{round_number}"
@@ -73,23 +78,31 @@ def evolution_request(ctx: StageContext, sample: Sample, round_number: int) -> t
     return operator, ctx.prompts.render_evolution(operator, sample)
 
 
-def read_evolution(sample: Sample, round_number: int, operator: str, answer: str) -> Sample | Drop:
+def _unreadable(what: str, exc: AnswerParseError, cut_off: bool) -> str:
+    limit = " (cut off at --max-tokens)" if cut_off else ""
+    return f"unreadable {what}{limit}: {exc.reason}"
+
+
+def read_evolution(
+    sample: Sample, round_number: int, operator: str, answer: str, cut_off: bool = False
+) -> Sample | Drop:
     """The child sample an evolution answer describes, or a Drop keeping the raw text; pure."""
     new_id = child_id(sample.seed_id, round_number)
     try:
         items = parse_qas(answer)
     except AnswerParseError as exc:
-        return make_drop(sample, new_id, round_number, "evolve", f"unreadable answer: {exc.reason}", operator, exc.raw)
+        reason = _unreadable("answer", exc, cut_off)
+        return make_drop(sample, new_id, round_number, "evolve", reason, operator, exc.raw)
     update = {"id": new_id, "qa": items, "round": round_number, "operator": operator, "parent_id": sample.id}
     return sample.model_copy(update=update)
 
 
-def read_judgement(child: Sample, answer: str) -> Sample | Drop:
+def read_judgement(child: Sample, answer: str, cut_off: bool = False) -> Sample | Drop:
     """The child with one verdict per rewritten item, or a Drop keeping the raw text; pure."""
     try:
         verdicts = parse_verdicts(answer, len(child.qa))
     except AnswerParseError as exc:
-        reason = f"unreadable verdicts: {exc.reason}"
+        reason = _unreadable("verdicts", exc, cut_off)
         return make_drop(child, child.id, child.round, "judge", reason, child.operator, exc.raw, child)
     items = [
         item.model_copy(update={"improved": v.improved, "score": v.score, "reason": v.reason})
@@ -114,9 +127,11 @@ async def evolve_sample(
     except FatalEndpointErrors:
         raise
     except (EndpointError, ImageError) as exc:
+        _count_failure(usage)
         return operator, make_drop(sample, new_id, round_number, "evolve", failure_reason(exc), operator)
     _count(usage, result)
-    return operator, read_evolution(sample, round_number, operator, result.text)
+    cut_off = result.finish_reason == "length"
+    return operator, read_evolution(sample, round_number, operator, result.text, cut_off)
 
 
 async def judge_sample(
@@ -134,9 +149,10 @@ async def judge_sample(
     except FatalEndpointErrors:
         raise
     except (EndpointError, ImageError) as exc:
+        _count_failure(usage)
         return make_drop(child, child.id, child.round, "judge", failure_reason(exc), child.operator, None, child)
     _count(usage, result)
-    return read_judgement(child, result.text)
+    return read_judgement(child, result.text, result.finish_reason == "length")
 
 
 def failure_reason(exc: EndpointError | ImageError) -> str:

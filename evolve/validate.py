@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evolve.errors import ImageError, ImageMissingError
-from evolve.images import check_image, resolve_image
+from evolve.images import check_image, is_remote, resolve_image
 from evolve.records import Format, Rejected, read_samples
 
 
@@ -58,13 +58,13 @@ def validate_file(
         if not item.sample.image:
             report.no_image += 1
             continue
+        if is_remote(item.sample.image):
+            report.images_remote += 1
+            continue
+        report.images_checked += 1
         try:
             image = resolve_image(item.sample.image, image_root, path.parent)
-            if isinstance(image, str):
-                report.images_remote += 1
-                continue
-            report.images_checked += 1
-            check_image(image)
+            check_image(Path(image))
         except ImageError as exc:
             if isinstance(exc, ImageMissingError):
                 report.images_missing += 1

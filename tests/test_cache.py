@@ -39,29 +39,38 @@ def test_put_get_roundtrip_and_persistence(tmp_path: Path) -> None:
         assert len(cache) == 1
 
 
-def test_commits_are_batched(tmp_path: Path) -> None:
+def test_without_event_loop_each_put_commits(tmp_path: Path) -> None:
     with ResponseCache(tmp_path / "c.sqlite") as cache:
-        for i in range(450):
+        for i in range(5):
             cache.put(f"k{i}", {"i": i})
-        assert cache.commits == 2  # at 200 and 400 puts
+        assert cache.commits == 5
         cache.flush()
-        assert cache.commits == 3
-        cache.flush()
-        assert cache.commits == 3
+        assert cache.commits == 5  # nothing left to write
 
 
-def test_timer_commits_without_further_puts(tmp_path: Path) -> None:
+def test_group_commit_puts_answers_on_disk_at_once_and_batches_under_load(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite"
     cache = ResponseCache(path)
+    other = sqlite3.connect(path)
+
+    def on_disk() -> int:
+        return int(other.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
 
     async def main() -> None:
         cache.put("a", {"x": 1})
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(0.05)  # no further put, no flush: already committed by the worker thread
+        assert on_disk() == 1
+        for i in range(450):
+            cache.put(f"k{i}", {"i": i})
+        for _ in range(200):
+            if on_disk() == 451:
+                break
+            await asyncio.sleep(0.01)
 
-    asyncio.run(main())
-    other = sqlite3.connect(path)
     try:
-        assert other.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 1
+        asyncio.run(main())
+        assert on_disk() == 451
+        assert cache.commits < 200  # answers that arrive during a commit share the next one
     finally:
         other.close()
         cache.close()

@@ -172,7 +172,7 @@ def test_truncated_real_answers_keep_exactly_the_complete_items() -> None:
             if closed == 0:
                 with pytest.raises(AnswerParseError) as info:
                     parse_qas(text[:cut])
-                assert "cut off" in info.value.reason or "no JSON array" in info.value.reason
+                assert "no complete item" in info.value.reason or "no JSON array" in info.value.reason
             else:
                 result = parse_qas_detailed(text[:cut])
                 assert _dumps(result.items) == full[:closed], (row["hash_id"], cut)
@@ -336,10 +336,10 @@ def test_truncated_wrapper_object() -> None:
 def test_truncated_inside_the_only_item_raises() -> None:
     with pytest.raises(AnswerParseError) as info:
         parse_qas('{"question": "q", "steps": [{"description": "x"}], "ans')
-    assert info.value.reason == "answer cut off before the first item was complete"
+    assert info.value.reason == "the answer ends inside its first item (no complete item)"
     with pytest.raises(AnswerParseError) as info:
         parse_qas('```json\n[\n  {"question": "q", "answer": "a is')
-    assert info.value.reason == "answer cut off before the first item was complete"
+    assert info.value.reason == "the answer ends inside its first item (no complete item)"
 
 
 # --------------------------------------------------------------------------- hand-made: failures

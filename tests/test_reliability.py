@@ -7,6 +7,7 @@ socket; the server's request log is the ground truth of what was sent (and paid 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -47,9 +48,7 @@ _DROP_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_prox
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment for a child `evolve`: no OPENAI_* or proxy variables, no EVOLVE_* settings."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "EVOLVE_")) and k not in _DROP_ENV
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "EVOLVE_")) and k not in _DROP_ENV}
     env["NO_PROXY"] = "127.0.0.1,localhost"
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
@@ -77,7 +76,9 @@ def run_cmd(
     return argv + list(extra)
 
 
-def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run a command to its end, capturing its output."""
     return subprocess.run(
         argv, cwd=cwd, env=env or clean_env(), capture_output=True, text=True, timeout=timeout, check=False
@@ -224,9 +225,8 @@ def test_kill9_at_random_points_then_resume_equals_clean_run(
     assert status_of(out) == "done"
     assert snapshot(out) == reference["files"]
     sent = total_requests(srv)
-    # (that at most the requests in flight are sent again, and that the cache alone rebuilds a killed run,
-    # are test_kill9_resends_only_requests_in_flight and test_kill9_keeps_every_answer_received)
-    assert sent <= 2 * reference["requests"]
+    # at most the requests in flight at each kill are sent again; every answer received was cached
+    assert sent <= reference["requests"] + kills * CONCURRENCY
 
     # the finished command again: nothing to do, nothing sent
     again = run(argv, tmp_path)
@@ -247,11 +247,6 @@ def keep_only_cache(out: Path) -> None:
             path.rmdir() if path.is_dir() else path.unlink()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cache.py buffers answers up to 0.2 s (COMMIT_EVERY_SECONDS) before committing, so a kill -9 "
-    "loses answers of finished sample-rounds: the cache alone can no longer rebuild the run",
-)
 def test_kill9_keeps_every_answer_received(srv: ThreadedServer, reference: dict[str, Any], tmp_path: Path) -> None:
     """Seed 1 finishes, seed 2's judge hangs, kill -9: seed 1's answers must be in the cache."""
     srv.set_config(latency=0.0)
@@ -276,16 +271,11 @@ def test_kill9_keeps_every_answer_received(srv: ThreadedServer, reference: dict[
     assert round1(out) == one_round(reference)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cache.py buffers answers up to 0.2 s before committing, so a kill -9 loses answers already "
-    "received (and paid for); their sample-rounds are redone and the answers bought again",
-)
 def test_kill9_resends_only_requests_in_flight(srv: ThreadedServer, tmp_path: Path) -> None:
     """Kill while every worker waits for its judge: the evolve answers, received, must not be bought again."""
     out = tmp_path / "run"
     argv = run_cmd(srv, out, rounds=1)
-    kills = 3
+    kills = 2
     for _ in range(kills):
         srv.add_fault("hang", count=CONCURRENCY, match=JUDGE_HEADING, hang_seconds=30)
         before = srv.stats()["faults_fired"].get("hang", 0)
@@ -373,7 +363,7 @@ def test_signal_stops_cleanly_and_resume_completes(
     argv = run_cmd(srv, out, quiet=False)
     proc = start(argv, tmp_path)
     # once round 2 has records (stopping earlier is test_stop_before_the_first_record_is_clean)
-    assert wait_for(lambda: (out / "round-2" / "kept.jsonl").exists(), proc=proc), "the run should be working"
+    assert wait_for(lambda: (out / "round-2" / "evolved.jsonl").exists(), proc=proc), "the run should be working"
     began = time.monotonic()
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=30)
@@ -386,6 +376,8 @@ def test_signal_stops_cleanly_and_resume_completes(
     assert_no_partial_sample_rounds(out, reference["files"])
     sent = total_requests(srv)
     assert sent < reference["requests"], "the stop should come before the end"
+    if sig == signal.SIGINT:
+        return  # the resume is the same as after SIGTERM
 
     srv.set_config(latency=0.02)
     resumed = run(argv, tmp_path)
@@ -395,11 +387,6 @@ def test_signal_stops_cleanly_and_resume_completes(
     assert status_of(out) == "done"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pipeline.py Runner._wait cancels the producer, which ends the gather of producer+workers at "
-    "once, so the grace period is skipped and in-flight requests are cancelled (paid, lost, sent again)",
-)
 def test_sigterm_lets_in_flight_sample_rounds_finish(srv: ThreadedServer, tmp_path: Path) -> None:
     srv.set_config(latency=0.5)
     out = tmp_path / "run"
@@ -455,7 +442,7 @@ def test_transient_faults_are_retried_and_the_run_finishes(
 
 
 def test_429_pauses_all_workers_together(srv: ThreadedServer, reference: dict[str, Any], tmp_path: Path) -> None:
-    srv.add_fault("429", count=1, retry_after=1.5)
+    srv.add_fault("429", count=1, retry_after=2.0)
     out = tmp_path / "run"
     proc = start(run_cmd(srv, out, rounds=1), tmp_path)
     assert wait_for(lambda: srv.stats()["faults_fired"].get("429") == 1, proc=proc)
@@ -477,7 +464,7 @@ def test_hang_is_retried_after_the_timeout_or_dropped_with_reason(srv: ThreadedS
     )
     out = tmp_path / "run"
     began = time.monotonic()
-    result = run(run_cmd(srv, out, "--timeout", "1", "--max-retries", "1", rounds=1), tmp_path)
+    result = run(run_cmd(srv, out, "--timeout", "0.5", "--max-retries", "1", rounds=1), tmp_path)
     assert time.monotonic() - began < 20
     assert result.returncode == 3, result.stderr
     [drop] = drops(out)
@@ -560,11 +547,6 @@ def test_failure_budget_stops_cleanly_with_exit_3(srv: ThreadedServer, tmp_path:
     assert status_of(out) != "done"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: failed sample-rounds (endpoint errors) count as complete, so a resume after fixing the "
-    "cause never retries them and reports 'done' (pipeline.py Runner._chain / runfolder.scan_round)",
-)
 def test_resume_after_failure_budget_retries_the_failed_samples(
     srv: ThreadedServer, reference: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -666,7 +648,8 @@ def folder_bytes(*roots: Path) -> dict[str, bytes]:
     for root in roots:
         paths = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
         for path in paths:
-            found[str(path)] = path.read_bytes()
+            with contextlib.suppress(FileNotFoundError):  # SQLite removes its -wal/-shm files on close
+                found[str(path)] = path.read_bytes()
     return found
 
 
