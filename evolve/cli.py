@@ -83,15 +83,15 @@ class Messenger:
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML file of settings (default ./evolve.toml).")]
 BaseUrlOpt = Annotated[str | None, typer.Option(help="Endpoint base URL (env OPENAI_BASE_URL).")]
-ModelOpt = Annotated[str | None, typer.Option(help="Model name [default: gpt-4o-mini].")]
+ModelOpt = Annotated[str | None, typer.Option(help="Model name (default: gpt-4o-mini).")]
 ApiKeyOpt = Annotated[
     str | None, typer.Option(help="API key (env OPENAI_API_KEY); never written anywhere.", show_default=False)
 ]
-ConcurrencyOpt = Annotated[int | None, typer.Option(help="Requests in flight [default: 64].")]
-TimeoutOpt = Annotated[float | None, typer.Option(help="Seconds per request [default: 120].")]
-ImagesOpt = Annotated[str | None, typer.Option(help="send: images as JPEG data URLs; skip: text only [default: send].")]
+ConcurrencyOpt = Annotated[int | None, typer.Option(help="Requests in flight (default: 64).")]
+TimeoutOpt = Annotated[float | None, typer.Option(help="Seconds per request (default: 120).")]
+ImagesOpt = Annotated[str | None, typer.Option(help="send: images as JPEG data URLs; skip: text only (default: send).")]
 ImageRootOpt = Annotated[Path | None, typer.Option(help="Folder image paths are relative to.")]
-MinScoreOpt = Annotated[float | None, typer.Option(help="Keep rewrites scoring at least this [default: 0].")]
+MinScoreOpt = Annotated[float | None, typer.Option(help="Keep rewrites scoring at least this (default: 0).")]
 JudgeModelOpt = Annotated[str | None, typer.Option(help="Judge model (default: --model).")]
 JudgeUrlOpt = Annotated[str | None, typer.Option(help="Judge endpoint (default: --base-url).")]
 JudgeImagesOpt = Annotated[
@@ -107,8 +107,9 @@ def _config(config_file: Path | None, **flags: Any) -> RunConfig:
     return build_config(flags, config_file)
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _main(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
@@ -116,6 +117,9 @@ def _main(
     _state["debug"] = debug
     if version:
         out.print(f"evolve {__version__}")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        out.print(ctx.get_help())
         raise typer.Exit(0)
 
 
@@ -194,22 +198,22 @@ def validate(
 @app.command()
 def run(
     seeds: Annotated[list[Path], typer.Argument(help="Seed files (JSONL or JSON array) or folders of them.")],
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder [default: runs/<seed name>].")] = None,
-    rounds: Annotated[int | None, typer.Option(help="Evolution rounds [default: 3].")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the operator choice [default: 0].")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/<seed name>).")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Evolution rounds (default: 3).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the operator choice (default: 0).")] = None,
     weights: Annotated[
-        str | None, typer.Option(help="Operator mix [default: perceptual=0.5,reasoning=0.25,interaction=0.25].")
+        str | None, typer.Option(help="Operator mix (default: perceptual=0.5,reasoning=0.25,interaction=0.25).")
     ] = None,
     base_url: BaseUrlOpt = None,
     model: ModelOpt = None,
     api_key: ApiKeyOpt = None,
-    temperature: Annotated[float | None, typer.Option(help="Sampling temperature [default: 1.0].")] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Answer token limit [default: 4096].")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (default: 1.0).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Answer token limit (default: 4096).")] = None,
     concurrency: ConcurrencyOpt = None,
     timeout: TimeoutOpt = None,
     rpm: Annotated[int | None, typer.Option(help="Requests per minute limit.")] = None,
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute limit.")] = None,
-    max_retries: Annotated[int | None, typer.Option(help="Retries per request [default: 6].")] = None,
+    max_retries: Annotated[int | None, typer.Option(help="Retries per request (default: 6).")] = None,
     transport: Annotated[str | None, typer.Option(help="aiohttp (fast) or sdk (openai SDK).")] = None,
     judge_model: JudgeModelOpt = None,
     judge_base_url: JudgeUrlOpt = None,
@@ -218,7 +222,7 @@ def run(
     prompts: PromptsOpt = None,
     images: ImagesOpt = None,
     image_root: ImageRootOpt = None,
-    image_size: Annotated[int | None, typer.Option(help="Longest image side sent, px [default: 512].")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Longest image side sent, px (default: 512).")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="Force the seed format.")] = None,
     strict: Annotated[bool | None, typer.Option("--strict", help="Stop at the first bad seed line.")] = None,
     cache: CacheOpt = None,
@@ -478,7 +482,7 @@ def merge(
 def export(
     source: Annotated[Path, typer.Argument(help="A run folder (its final.jsonl) or a file of records.")],
     to: Annotated[str, typer.Option("--to", help="llava, sharegpt or mmevol.")] = "llava",
-    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Output file [default: stdout].")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: stdout).")] = None,
     min_score: Annotated[float | None, typer.Option(help="Only Q&A items scored at least this.")] = None,
     json_array: Annotated[bool, typer.Option("--json-array", help="One JSON array instead of JSONL.")] = False,
 ) -> None:
