@@ -564,26 +564,40 @@ class ChatClient:
 
     # retries, limits, cool-down ------------------------------------------------------------------
     async def _with_retries(self, send: Callable[[], Awaitable[T]], tokens: int) -> T:
-        """Run `send` under the semaphore, the limiters and the cool-down, retrying transient errors."""
-        semaphore = self._semaphore
-        assert semaphore is not None
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.settings.max_retries + 1),
-            wait=self._wait,
-            retry=retry_if_exception_type(TransientEndpointError),
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
+        """Run `send` under the semaphore, the limiters and the cool-down, retrying transient errors.
+
+        The first attempt runs bare (most calls succeed: no retry machinery on the hot path); after a
+        transient failure, tenacity drives the remaining `max_retries` attempts.
+        """
         try:
+            try:
+                return await self._attempt(send, tokens)
+            except TransientEndpointError as exc:
+                if self.settings.max_retries == 0:
+                    raise
+                self.usage.retries += 1
+                await asyncio.sleep(self._delay_after(exc, 1))
+            retrying = AsyncRetrying(
+                stop=stop_after_attempt(self.settings.max_retries),
+                wait=self._wait,
+                retry=retry_if_exception_type(TransientEndpointError),
+                before_sleep=self._before_sleep,
+                reraise=True,
+            )
             async for attempt in retrying:
                 with attempt:
-                    async with semaphore:
-                        await self._gate(tokens)
-                        return await send()
+                    return await self._attempt(send, tokens)
         except EndpointError as exc:
             self.usage.failures[failure_reason(exc)] += 1
             raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(self, send: Callable[[], Awaitable[T]], tokens: int) -> T:
+        semaphore = self._semaphore
+        assert semaphore is not None
+        async with semaphore:
+            await self._gate(tokens)
+            return await send()
 
     async def _gate(self, tokens: int) -> None:
         """Wait out a shared 429 cool-down, then take rpm/tpm capacity."""
@@ -609,9 +623,13 @@ class ChatClient:
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
+        return self._delay_after(exc, state.attempt_number + 1)  # the bare first attempt came before
+
+    def _delay_after(self, exc: BaseException | None, attempt: int) -> float:
+        """Seconds before the next attempt after failed attempt number `attempt`."""
         if isinstance(exc, TransientEndpointError) and exc.status == 429:
             # Everyone waits at the shared gate: open (or extend) the cool-down, retry as soon as it ends.
-            pause = exc.retry_after if exc.retry_after is not None else self._backoff(state.attempt_number)
+            pause = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
             until = time.monotonic() + pause
             if until > self._cooldown_until:
                 if self._cooldown_until <= time.monotonic():
@@ -620,7 +638,7 @@ class ChatClient:
             return 0.0
         if isinstance(exc, TransientEndpointError) and exc.retry_after is not None:
             return float(exc.retry_after)
-        return self._backoff(state.attempt_number)
+        return self._backoff(attempt)
 
     def _before_sleep(self, state: RetryCallState) -> None:
         self.usage.retries += 1

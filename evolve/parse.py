@@ -194,11 +194,18 @@ def _validate_verdict(raw: dict[str, Any]) -> Verdict | str:
         return _compact(exc)
 
 
+_PLAIN_KEYS = frozenset(
+    {"image_position", "objects", "skills", "format", "question", "steps", "answer", "improved", "score", "reason"}
+)
+
+
 def _key(name: str) -> str:
     return name.strip().lower().replace(" ", "_").replace("-", "_")
 
 
 def _normalized_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    if raw.keys() <= _PLAIN_KEYS:  # the common case: keys exactly as the schema names them
+        return dict(raw)
     item: dict[str, Any] = {}
     for name, value in raw.items():
         key = _key(str(name))
