@@ -1,29 +1,57 @@
 """``python -m bench`` (``make bench``): run every row, print one table, write bench/results.json and results.md.
 
-Environment: ``BENCH_QUICK=1`` smaller sizes (~2-3 min smoke run); ``BENCH_ROWS=1,2,3`` only these rows (row 3
-needs row 1's raw loop and row 4 needs row 2's evolve figures: they are run too when missing);
-``BENCH_WAIT_IDLE=S`` waits up to S seconds for the load average to fall below 1.5 first (the machine may be
-shared).
+Environment:
+- ``BENCH_QUICK=1``: smaller sizes (~1.5-3 min smoke run), written to results-quick.json and results-quick.md;
+- ``BENCH_ROWS=1,2,3``: only these rows (row 3 needs row 1's raw loop and row 4 needs row 2's evolve figures:
+  they are run too); their lines replace the same rows' in the existing results file, the other rows are kept;
+- ``BENCH_WAIT_IDLE=S``: first wait up to S seconds for the load average to fall below 1.5 (shared machine).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from bench import rows, setup
+from bench import rows, rows_scale, setup
 from bench.common import REPO, evolve_cmd, machine_info, run
 
 RESULTS = REPO / "bench" / "results.json"
 MARKDOWN = REPO / "bench" / "results.md"
+ALL_ROWS = ("1", "2", "3", "4", "5", "6", "7", "8")
+
+
+def row_id(label: str) -> str:
+    """The row number a table line belongs to ("3 ceiling: ..." → "3")."""
+    return label.split(" ", 1)[0]
+
+
+def merge(previous: dict[str, Any], result: dict[str, Any], ran: set[str]) -> dict[str, Any]:
+    """``result`` (rows ``ran`` only) merged into ``previous``: the rows not run now keep their earlier lines."""
+    kept = [r for r in previous.get("rows", []) if row_id(r["row"]) not in ran]
+    lines = sorted(kept + result["rows"], key=lambda r: int(row_id(r["row"])) if row_id(r["row"]).isdigit() else 99)
+    dates = {k: v for k, v in previous.get("row_dates", {}).items() if k not in ran}
+    if not previous.get("row_dates"):  # a results file from before per-row dates: all its rows share its date
+        old = previous.get("machine", {}).get("date", "")
+        dates = {row_id(r["row"]): old for r in kept}
+    dates.update(result["row_dates"])
+    return {
+        **result,
+        "total_seconds": previous.get("total_seconds", 0.0),
+        "timings": {**previous.get("timings", {}), **result["timings"]},
+        "load_average": {**previous.get("load_average", {}), **result["load_average"]},
+        "rows": lines,
+        "measurements": {**previous.get("measurements", {}), **result["measurements"]},
+        "row_dates": dict(sorted(dates.items())),
+        "last_partial_run": {"rows": sorted(ran), "total_seconds": result["total_seconds"]},
+    }
 
 
 def _evolve_ready() -> str | None:
@@ -55,11 +83,18 @@ def table(lines: list[rows.Row], console: Console) -> None:
     console.print(t)
 
 
-def markdown(lines: list[rows.Row], machine: dict[str, Any], quick: bool) -> str:
-    """The same table in Markdown, with the machine it ran on."""
+def markdown(lines: list[rows.Row], machine: dict[str, Any], quick: bool, dates: dict[str, str] | None = None) -> str:
+    """The same table in Markdown, with the machine it ran on (and when each row ran, if not all at once)."""
     out = [
         f"Machine: {machine['nproc']} cores, {machine['cpu_model']}, {machine['memory_gb']} GB, "
         f"Python {machine['python']}, {machine['date']}{' (BENCH_QUICK)' if quick else ''}.",
+    ]
+    by_date: dict[str, list[str]] = {}
+    for key, date in (dates or {}).items():
+        by_date.setdefault(date, []).append(key)
+    if len(by_date) > 1:
+        out.append("Rows measured: " + "; ".join(f"{', '.join(k)} at {d}" for d, k in sorted(by_date.items())) + ".")
+    out += [
         "",
         "| row | setting | measured | baseline | ratio | goal | met? | note |",
         "|---|---|---|---|---|---|---|---|",
@@ -75,7 +110,7 @@ def markdown(lines: list[rows.Row], machine: dict[str, Any], quick: bool) -> str
 def main() -> int:
     """Run the bench."""
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
-    wanted = {s.strip() for s in os.environ.get("BENCH_ROWS", "1,2,3,4,5,6").split(",") if s.strip()}
+    wanted = {s.strip() for s in os.environ.get("BENCH_ROWS", ",".join(ALL_ROWS)).split(",") if s.strip()}
     if "3" in wanted:
         wanted.add("1")
     if "4" in wanted:
@@ -98,7 +133,8 @@ def main() -> int:
         console.print(f"[yellow]bench: {evolve_error}: evolve rows will show errors[/]")
 
     plan: list[tuple[str, Any, tuple[Any, ...]]] = []
-    order = [("1", rows.row1), ("2", rows.row2), ("3", rows.row3), ("4", rows.row4), ("5", rows.row5), ("6", rows.row6)]
+    order = [("1", rows.row1), ("2", rows.row2), ("3", rows.row3), ("4", rows.row4), ("5", rows.row5), ("6", rows.row6),
+             ("7", rows_scale.row7), ("8", rows_scale.row8)]  # fmt: skip
     for key, fn in order:
         if key not in wanted:
             continue
@@ -141,12 +177,20 @@ def main() -> int:
         "load_average": loads,
         "rows": [asdict(r) for r in lines],
         "measurements": data,
+        "row_dates": {key: machine["date"] for key, _, _ in plan},
     }
-    tmp = RESULTS.with_name(RESULTS.name + ".tmp")
+    # A smoke run never overwrites the full run's figures.
+    results = RESULTS.with_name("results-quick.json") if quick else RESULTS
+    md = MARKDOWN.with_name("results-quick.md") if quick else MARKDOWN
+    ran = {key for key, _, _ in plan}
+    if ran != set(ALL_ROWS) and results.exists():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            result = merge(json.loads(results.read_text()), result, ran)
+    tmp = results.with_name(results.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, RESULTS)
-    MARKDOWN.write_text(markdown(lines, machine, quick))
-    console.print(f"wrote {Path(RESULTS).relative_to(REPO)} and {Path(MARKDOWN).relative_to(REPO)}")
+    os.replace(tmp, results)
+    md.write_text(markdown([rows.Row(**r) for r in result["rows"]], machine, quick, result["row_dates"]))
+    console.print(f"wrote {results.relative_to(REPO)} and {md.relative_to(REPO)}")
     return 0
 
 

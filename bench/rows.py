@@ -14,7 +14,7 @@ from bench import setup
 from bench.common import DEMO_SEEDS, LOGS, PY, REPO, SCRATCH, evolve_cmd, run
 from bench.measure import Result, Spec, measure
 from bench.netns import available, measure_in_netns
-from bench.workload import prompts_file, seed_file
+from bench.workload import distinct_seed_file, prompts_file, seed_file
 
 SETTINGS: tuple[tuple[float, int], ...] = ((2.0, 256), (0.2, 64))
 """(latency s, concurrency) of rows 2 and 4."""
@@ -236,6 +236,14 @@ def evolve_spec(tag: str, seeds: Path, latency: float, concurrency: int, request
     return Spec(tag=tag, cmd=cmd, latency=latency, timeout=_timeout(requests, latency, concurrency, 20.0))
 
 
+def measure_evolve(spec: Spec) -> Result:
+    """Measure, then delete the run folder (a 100k-sample run writes gigabytes)."""
+    try:
+        return measure(spec)
+    finally:
+        shutil.rmtree(SCRATCH / "runs" / spec.tag, ignore_errors=True)
+
+
 def row2(sizes: Sizes) -> Outcome:
     """evolve run at (L=2, C=256) and (L=0.2, C=64): achieved ÷ ideal."""
     out = Outcome()
@@ -244,7 +252,7 @@ def row2(sizes: Sizes) -> Outcome:
     goals = {2.0: 0.95, 0.2: 0.9}
     for latency, conc in SETTINGS:
         tag = f"evolve-L{latency}-C{conc}"
-        r = measure(evolve_spec(tag, seeds, latency, conc, requests))
+        r = measure_evolve(evolve_spec(tag, seeds, latency, conc, requests))
         out.data[tag] = r.as_dict()
         setting = f"L={latency:g} s, C={conc}, {sizes.samples} samples"
         why = _check(r, requests)
@@ -277,7 +285,7 @@ def row3(sizes: Sizes, raw: dict[str, Any]) -> Outcome:
     seeds = seed_file(sizes.ceiling_samples)
     requests = 2 * sizes.ceiling_samples
     tag = f"evolve-L0-C{c0}"
-    r = measure(evolve_spec(tag, seeds, 0.0, c0, requests))
+    r = measure_evolve(evolve_spec(tag, seeds, 0.0, c0, requests))
     out.data[tag] = r.as_dict()
     setting = f"L=0, C={c0}, {sizes.ceiling_samples} samples"
     why = _check(r, requests)
@@ -368,6 +376,8 @@ def row4(sizes: Sizes, evolve: dict[str, Any]) -> Outcome:
             except RuntimeError as exc:
                 out.rows.append(_fail(label, setting, str(exc)))
                 continue
+            finally:
+                shutil.rmtree(SCRATCH / "work" / spec.tag, ignore_errors=True)
             out.data[spec.tag] = r.as_dict()
             why = _check(r, requests)
             ev = evolve.get(f"evolve-L{latency}-C{conc}")
@@ -432,7 +442,7 @@ def row5(sizes: Sizes) -> Outcome:
         out.rows.append(_fail("5 peak RSS: evolve validate", setting, "validate failed (see .bench/logs)"))
     for lines in (sizes.mem_small, sizes.mem_large):
         tag = f"evolve-mem-{lines}"
-        r = measure(evolve_spec(tag, seed_file(lines), 0.0, sizes.concurrency_l0, 2 * lines))
+        r = measure_evolve(evolve_spec(tag, seed_file(lines), 0.0, sizes.concurrency_l0, 2 * lines))
         out.data[tag] = r.as_dict()
         why = _check(r, 2 * lines)
         if why is None:
@@ -470,18 +480,6 @@ def _questions_in(path: Path) -> int:
         return sum(len(json.loads(line).get("conversations_v0") or []) for line in f if line.strip())
 
 
-def seeds_with_questions(target: int) -> Path:
-    """The smallest generated seed file holding at least ``target`` questions."""
-    from bench.workload import demo_records
-
-    counts = [len(r.get("conversations_v0") or []) for r in demo_records()]
-    total = lines = 0
-    while total < target:
-        total += counts[lines % len(counts)]
-        lines += 1
-    return seed_file(lines)
-
-
 def _stats_rate(tag: str, seeds: Path, n: int, out: Outcome) -> tuple[float | None, float | None]:
     """(evolve stats q/s, raw spaCy q/s), both whole-process (start-up and model load included)."""
     cmd = [*evolve_cmd(), "stats", str(seeds), "--json", "-", "--quiet"]
@@ -491,8 +489,11 @@ def _stats_rate(tag: str, seeds: Path, n: int, out: Outcome) -> tuple[float | No
     if raw.rc == 0:
         raw_info = json.loads(raw.stdout.strip().splitlines()[-1])
     parse_seconds: float | None = None
+    distinct: int | None = None
     with contextlib.suppress(ValueError, KeyError, TypeError):
-        parse_seconds = float(json.loads(ev.stdout)["parse_seconds"])
+        answer = json.loads(ev.stdout)
+        parse_seconds = float(answer["parse_seconds"])
+        distinct = int(answer["distinct_questions"])
     out.data[f"stats-{tag}"] = {
         "questions": n,
         "rc": ev.rc,
@@ -500,6 +501,7 @@ def _stats_rate(tag: str, seeds: Path, n: int, out: Outcome) -> tuple[float | No
         "cpu": ev.cpu,
         "maxrss_mb": ev.maxrss_mb,
         "parse_seconds": parse_seconds,
+        "distinct_questions": distinct,
         "stderr_tail": ev.stderr[-1500:],
         "timed_out": ev.timed_out,
     }
@@ -515,15 +517,14 @@ def row6(sizes: Sizes) -> Outcome:
     cases: list[tuple[str, Path]] = []
     if sizes.stats_demo:
         cases.append(("demo", DEMO_SEEDS))
-    if sizes.stats_quick_questions:
-        cases.append((f"{sizes.stats_quick_questions // 1000}k", seeds_with_questions(sizes.stats_quick_questions)))
-    if sizes.stats_large_questions:
-        cases.append((f"{sizes.stats_large_questions // 1000}k", seeds_with_questions(sizes.stats_large_questions)))
+    for target in (sizes.stats_quick_questions, sizes.stats_large_questions):
+        if target:
+            cases.append((f"{target // 1000}k", distinct_seed_file(target)[0]))
     first_parse: float | None = None
     for tag, seeds in cases:
         n = _questions_in(seeds)
         ev_rate, raw_rate = _stats_rate(tag, seeds, n, out)
-        setting = f"{n:,} questions ({'shared demo seeds' if tag == 'demo' else 'generated'})"
+        setting = f"{n:,} questions ({'shared demo seeds' if tag == 'demo' else 'generated, no repeats'})"
         if ev_rate is None or raw_rate is None:
             why = out.data[f"stats-{tag}"]["stderr_tail"].strip().splitlines()[-1:] or ["raw spaCy failed"]
             out.rows.append(_fail("6 stats: evolve ÷ raw spaCy", setting, why[0]))
@@ -535,6 +536,9 @@ def row6(sizes: Sizes) -> Outcome:
         note = f"whole process, load included; parsing alone: nlp.pipe {n / pipe['pipe_s']:,.0f} q/s"
         if parse_rate:
             note += f", evolve {parse_rate:,.0f} q/s ({parse_rate / (n / pipe['pipe_s']):.2f})"
+        distinct = out.data[f"stats-{tag}"]["distinct_questions"]
+        if distinct:
+            note += f"; evolve parses {distinct:,} distinct texts"
         out.rows.append(
             Row(
                 "6 stats: evolve ÷ raw spaCy",

@@ -45,6 +45,44 @@ def seed_file(lines: int) -> Path:
     return path
 
 
+def _variant(question: str, copy: int) -> str:
+    """The question made distinct for the ``copy``-th cycle: " in photo N" before the first line's end."""
+    first, sep, rest = question.partition("\n")
+    first = first.rstrip()
+    first = first[:-1] + f" in photo {copy}?" if first.endswith("?") else first + f" (photo {copy})"
+    return first + sep + rest
+
+
+def distinct_seed_file(target_questions: int) -> tuple[Path, int]:
+    """``.bench/data/distinct-N.jsonl``: demo records cycled until ``target_questions`` questions; from the
+    second cycle on, every question gets " in photo N" so no text repeats (stats caches repeated questions).
+
+    Returns the path and the number of questions.
+    """
+    DATA.mkdir(parents=True, exist_ok=True)
+    path = DATA / f"distinct-{target_questions}.jsonl"
+    records = demo_records()
+    total = lines = 0
+    while total < target_questions:
+        total += len(records[lines % len(records)].get("conversations_v0") or [])
+        lines += 1
+    if not path.exists():
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for i in range(lines):
+                rec = dict(records[i % len(records)])
+                copy = i // len(records)
+                rec["id"] = f"{rec['id']}-d{i}"
+                rec["hash_id"] = f"d{i}_{rec['hash_id']}"
+                if copy:
+                    rec["conversations_v0"] = [
+                        {**qa, "question": _variant(str(qa["question"]), copy)} for qa in rec["conversations_v0"]
+                    ]
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    return path, total
+
+
 def questions_file(count: int | None) -> tuple[Path, int]:
     """``.bench/data/questions-N.jsonl``: {"question": ...} lines, the demo seeds' questions (cycled to ``count``).
 
