@@ -34,6 +34,7 @@ class CpuSampler:
 
     def __init__(self) -> None:
         self.seen: dict[int, tuple[str, float]] = {}
+        self.cmds: dict[int, str] = {}
         self._stop = threading.Event()
 
     def sample(self) -> None:
@@ -62,7 +63,11 @@ class CpuSampler:
         for pid in mine:
             if pid in procs:
                 _, cpu, cmd = procs[pid]
-                self.seen[pid] = (_kind(pid, cmd), cpu)
+                kind = _kind(pid, cmd)
+                if pid in self.seen and self.seen[pid][0] == "actors":  # renamed on exit (ray::IDLE): still one
+                    kind = "actors"
+                self.seen[pid] = (kind, cpu)
+                self.cmds[pid] = cmd[:60]
 
     def start(self) -> None:
         """Sample in a daemon thread until ``stop``."""
@@ -110,9 +115,14 @@ def main(argv: list[str]) -> int:
         )
         sampler.stop()
         cpu: dict[str, float] = {}
+        by_cmd: dict[str, float] = {}
         for pid, (kind, value) in sampler.seen.items():
-            cpu[kind] = cpu.get(kind, 0.0) + value - before.get(pid, (kind, 0.0))[1]
-        print(json.dumps({"cpu_during_run": {k: round(v, 2) for k, v in sorted(cpu.items())}}), flush=True)
+            used = value - before.get(pid, (kind, 0.0))[1]
+            cpu[kind] = cpu.get(kind, 0.0) + used
+            by_cmd[sampler.cmds[pid]] = by_cmd.get(sampler.cmds[pid], 0.0) + used
+        top = dict(sorted(((k, round(v, 2)) for k, v in by_cmd.items() if v >= 0.05), key=lambda kv: -kv[1]))
+        answer = {"cpu_during_run": {k: round(v, 2) for k, v in sorted(cpu.items())}, "by_cmd": top}
+        print(json.dumps(answer), flush=True)
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from bench.common import PY, SCRATCH, fake_server
 from bench.measure import Result, Spec
@@ -43,25 +44,33 @@ def row7(sizes: Sizes) -> Outcome:
     idle = _idle_server_cpu()
     out.data["server-idle-cpu"] = idle
     results: dict[int, Result] = {}
-    for workers in (1, 2):
-        tag = f"evolve-L0-C{c0}-w{workers}"
-        spec = evolve_spec(tag, seeds, 0.0, c0, requests)
-        if workers > 1:
-            spec.cmd += ["--workers", str(workers)]
-        r = measure_evolve(spec)
-        d = r.as_dict()
-        d["server_share"] = _server_share(r, idle)
-        out.data[tag] = d
-        why = _check(r, requests)
-        if why:
-            out.rows.append(_fail(label, setting, f"--workers {workers}: {why}"))
-            return out
-        results[workers] = r
+    # Alternate w1, w2, w1, w2 and keep each one's best window rate: a shared 2-core machine is noisy.
+    for attempt in range(2):
+        for workers in (1, 2):
+            tag = f"evolve-L0-C{c0}-w{workers}"
+            spec = evolve_spec(tag, seeds, 0.0, c0, requests)
+            if workers > 1:
+                spec.cmd += ["--workers", str(workers)]
+            r = measure_evolve(spec)
+            d = r.as_dict()
+            d["server_share"] = _server_share(r, idle)
+            out.data[f"{tag}-try{attempt + 1}"] = d
+            why = _check(r, requests)
+            if why:
+                out.rows.append(_fail(label, setting, f"--workers {workers}: {why}"))
+                return out
+            if workers not in results or r.rate_window > results[workers].rate_window:
+                results[workers] = r
     one, two = results[1], results[2]
     ratio = two.rate_window / one.rate_window
     s1, s2 = _server_share(one, idle), _server_share(two, idle)
+    # If every request costs what it cost w1 (client + server CPU), the cores allow at most this many per second.
+    per_req = (one.cpu + max(0.0, one.server_cpu - idle)) / one.requests
+    ceiling = CORES / per_req / one.rate_window if per_req and one.rate_window else 0.0
+    out.data["workers-cpu-bound-ideal-ratio"] = ceiling
     note = (
-        f"the fake server shares these {CORES} cores (ideal < 2): server CPU share {s1:.0%} (w1) → {s2:.0%} (w2) "
+        f"best of 2 each; the fake server shares these {CORES} cores, so the ideal is < 2: at w1's client+server "
+        f"CPU per request the cores cap the ratio at ~{ceiling:.2f}; server CPU share {s1:.0%} (w1) → {s2:.0%} (w2) "
         f"of {CORES} cores; client CPU {one.cpu_ms:.2f} → {two.cpu_ms:.2f} ms/req; "
         f"incl. start-up and merge: {_fmt_rate(one.rate_wall)} → {_fmt_rate(two.rate_wall)}"
     )
@@ -97,10 +106,11 @@ def _netns(spec: Spec) -> Result:
         shutil.rmtree(SCRATCH / "runs" / spec.tag, ignore_errors=True)
 
 
-def _ray_cpu(r: Result) -> dict[str, float]:
+def _ray_cpu(r: Result) -> dict[str, Any]:
+    """The client's ``{"cpu_during_run": {kind: s}, "by_cmd": {command: s}}`` line, or {}."""
     for line in r.stdout_tail.splitlines():
         if line.startswith('{"cpu_during_run"'):
-            found: dict[str, float] = json.loads(line)["cpu_during_run"]
+            found: dict[str, Any] = json.loads(line)
             return found
     return {}
 
@@ -122,34 +132,42 @@ def row8(sizes: Sizes) -> Outcome:
         out.rows.append(_fail(label, setting, reason))
         return out
     results: dict[str, Result] = {}
-    for name, spec in (
-        ("local", evolve_spec(f"netns-evolve-L0-C{c0}", seeds, 0.0, c0, requests)),
-        ("ray", ray_spec(f"netns-ray-L0-C{c0}", seeds, c0, requests)),
-    ):
-        try:
-            r = _netns(spec)
-        except RuntimeError as exc:
-            out.rows.append(_fail(label, setting, f"{name}: {exc}"))
-            return out
-        out.data[spec.tag] = r.as_dict()
-        why = _check(r, requests)
-        if why:
-            out.rows.append(_fail(label, setting, f"{name}: {why}"))
-            return out
-        results[name] = r
+    # Alternate local, ray, local, ray and keep each one's best window rate (a shared 2-core machine is noisy).
+    for attempt in range(2):
+        for name, spec in (
+            ("local", evolve_spec(f"netns-evolve-L0-C{c0}", seeds, 0.0, c0, requests)),
+            ("ray", ray_spec(f"netns-ray-L0-C{c0}", seeds, c0, requests)),
+        ):
+            try:
+                r = _netns(spec)
+            except RuntimeError as exc:
+                out.rows.append(_fail(label, setting, f"{name}: {exc}"))
+                return out
+            d = r.as_dict()
+            d.update(_ray_cpu(r))
+            out.data[f"{spec.tag}-try{attempt + 1}"] = d
+            why = _check(r, requests)
+            if why:
+                out.rows.append(_fail(label, setting, f"{name}: {why}"))
+                return out
+            if name not in results or r.rate_window > results[name].rate_window:
+                results[name] = r
     local, ray_r = results["local"], results["ray"]
     ratio = ray_r.rate_window / local.rate_window
-    split = _ray_cpu(ray_r)
-    out.data[f"netns-ray-L0-C{c0}"]["cpu_during_run"] = split
+    answer = _ray_cpu(ray_r)
+    split: dict[str, float] = answer.get("cpu_during_run", {})
 
     def ms(kind: str) -> float:
         return 1000 * split.get(kind, 0.0) / requests
 
+    total = sum(split.values()) * 1000 / requests
     note = (
-        f"Ray start-up excluded from the window (incl. it: {_fmt_rate(ray_r.rate_wall)}, {ray_r.wall:.0f} s wall "
-        f"vs local {local.wall:.0f} s); CPU ms/req: local client {local.cpu_ms:.2f}; Ray actors {ms('actors'):.2f}, "
-        f"driver {ms('driver'):.2f}, daemons {ms('daemons'):.2f}, other {ms('other ray'):.2f} "
-        f"(Ray total {ray_r.cpu_ms:.2f} incl. start-up)"
+        f"best of 2 each; Ray start-up excluded from the window (incl. it: {_fmt_rate(ray_r.rate_wall)}, "
+        f"{ray_r.wall:.0f} s wall vs local {local.wall:.0f} s); CPU ms/req during run_ray: "
+        f"Ray {total:.2f} = MapWorker actors {ms('actors'):.2f} + driver {ms('driver'):.2f} + raylet/GCS "
+        f"{ms('daemons'):.2f} + Ray Data's service actors {ms('other ray'):.2f}, "
+        f"vs local client {local.cpu_ms:.2f} (start-up incl.); "
+        f"server {1000 * ray_r.server_cpu / requests:.2f} vs {1000 * local.server_cpu / requests:.2f}"
     )
     out.rows.append(
         Row(
