@@ -32,7 +32,7 @@ from openai import OpenAI
 from pydantic import BaseModel, Field
 
 from evolve import __version__
-from evolve.accounting import TokenUsage, estimate_cost, prices_for
+from evolve.accounting import TokenUsage, estimate_cost
 from evolve.cache import NullCache
 from evolve.client import (
     NO_KEY_MESSAGE,
@@ -56,7 +56,7 @@ from evolve.errors import (
     UsageError,
 )
 from evolve.images import EncodedImage, ImageEncoder
-from evolve.pipeline import check_fingerprint, fingerprint, iter_seeds
+from evolve.pipeline import check_fingerprint, fingerprint, iter_seeds, round_summaries
 from evolve.prompts import PromptSet
 from evolve.records import Drop, Sample
 from evolve.runfolder import (
@@ -69,7 +69,6 @@ from evolve.runfolder import (
     purge_lines,
     read_sample_at,
     repair_tail,
-    round_stats,
     run_lock,
     scan_round,
     write_atomic,
@@ -793,25 +792,14 @@ class _BatchRun:
     ) -> dict[str, Any]:
         """Write run.json (the live run's shape) from the round files and the usage batch.json holds."""
         config = self.config
-        prices = prices_for(config.model, config.price_in, config.price_out)
-        rounds: dict[str, Any] = {}
-        total = TokenUsage()
-        failures = 0
+        usages: dict[int, TokenUsage] = {}
         for number in range(1, config.rounds + 1):
-            usage = TokenUsage.from_dict(state.base_usage.get(str(number)))
+            usages[number] = TokenUsage.from_dict(state.base_usage.get(str(number)))
             for record in state.history:
                 if record.round == number:
-                    usage.merge(TokenUsage.from_dict(record.usage))
-            total.merge(usage)
-            if final:
-                for name in ROUND_FILES:
-                    self.folder.round_file(number, name).parent.mkdir(parents=True, exist_ok=True)
-                    self.folder.round_file(number, name).touch()
-            stats = round_stats(self.folder, number)
-            failures += int(stats["evolve_failed"]) + int(stats["judge_failed"])
-            stats["usage"] = usage.as_dict()
-            stats["cost_usd"] = estimate_cost(usage, prices)
-            rounds[str(number)] = stats
+                    usages[number].merge(TokenUsage.from_dict(record.usage))
+        rounds, total, prices = round_summaries(self.folder, config, usages)
+        failures = sum(int(r["evolve_failed"]) + int(r["judge_failed"]) for r in rounds.values())
         summary = dict(self.previous)
         summary.update(
             {

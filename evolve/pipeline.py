@@ -170,6 +170,27 @@ def resume_point(states: dict[int, RoundState], folder: RunFolder, seed: Sample)
     return number, current
 
 
+def round_summaries(
+    folder: RunFolder, config: RunConfig, usages: dict[int, TokenUsage]
+) -> tuple[dict[str, Any], TokenUsage, tuple[float, float] | None]:
+    """run.json's per-round part: counts read from the round files (created empty where missing), tokens and
+    cost per round; with the total usage and the prices used."""
+    prices = prices_for(config.model, config.price_in, config.price_out)
+    rounds: dict[str, Any] = {}
+    total = TokenUsage()
+    for number in range(1, config.rounds + 1):
+        usage = usages.get(number, TokenUsage())
+        total.merge(usage)
+        folder.round_dir(number).mkdir(parents=True, exist_ok=True)
+        for name in ROUND_FILES:
+            folder.round_file(number, name).touch()
+        stats = round_stats(folder, number)
+        stats["usage"] = usage.as_dict()
+        stats["cost_usd"] = estimate_cost(usage, prices)
+        rounds[str(number)] = stats
+    return rounds, total, prices
+
+
 class Runner:
     """One invocation of `evolve run` on one run folder."""
 
@@ -412,21 +433,11 @@ class Runner:
         return summary
 
     def _finish_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
-        prices = prices_for(self.config.model, self.config.price_in, self.config.price_out)
-        rounds: dict[str, Any] = {}
-        total = TokenUsage()
+        usages: dict[int, TokenUsage] = {}
         for number in range(1, self.config.rounds + 1):
-            old = (summary.get("rounds") or {}).get(str(number), {})
-            usage = TokenUsage.from_dict(old.get("usage"))
-            usage.merge(self._round_usage.get(number, TokenUsage()))
-            total.merge(usage)
-            self.folder.round_dir(number).mkdir(parents=True, exist_ok=True)  # a run stopped before any record
-            for name in ROUND_FILES:
-                self.folder.round_file(number, name).touch()
-            stats = round_stats(self.folder, number)
-            stats["usage"] = usage.as_dict()
-            stats["cost_usd"] = estimate_cost(usage, prices)
-            rounds[str(number)] = stats
+            usages[number] = TokenUsage.from_dict(((summary.get("rounds") or {}).get(str(number)) or {}).get("usage"))
+            usages[number].merge(self._round_usage.get(number, TokenUsage()))
+        rounds, total, prices = round_summaries(self.folder, self.config, usages)
         final_count = concat_files(
             [self.folder.round_file(n, "kept") for n in range(1, self.config.rounds + 1)], self.folder.final
         )
