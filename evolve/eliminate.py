@@ -17,12 +17,12 @@ from typing import Any, TypeVar
 from evolve.cache import NullCache, ResponseCache
 from evolve.client import ChatClient
 from evolve.config import RunConfig
-from evolve.errors import InputError, UsageError
+from evolve.errors import ImageError, InputError, UsageError
 from evolve.images import ImageEncoder, resolve_image
 from evolve.prompts import PromptSet
 from evolve.records import Drop, Rejected, Sample, iter_raw, parse_record, read_samples
 from evolve.runfolder import AppendFiles, RunFolder, iter_json_lines, write_atomic
-from evolve.stages import StageContext, apply_keep_rule, judge_sample
+from evolve.stages import StageContext, apply_keep_rule, failure_reason, judge_sample, make_drop
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -122,14 +122,21 @@ class Eliminator:
         self.out = out
         self.message = message
         self.result = EliminationResult()
+        self._names: tuple[str, str | None, str] = ("judged", "kept", "dropped")
 
     async def run(
-        self, pairs: Iterator[tuple[Sample, Sample]], image_base: Path, judged_name: str = "judged"
+        self, pairs: Iterator[tuple[Sample, Sample]], image_base: Path, baseline: bool = False
     ) -> EliminationResult:
-        """Judge every pair; the files are written anew (the cache makes a re-run free)."""
+        """Judge every pair; the files are written anew (the cache makes a re-run free).
+
+        A baseline (seeds against themselves) writes only `baseline.jsonl` and `baseline-dropped.jsonl`, so it
+        can sit in a run folder without touching the run's files.
+        """
         self.out.mkdir(parents=True, exist_ok=True)
-        for name in (judged_name, "kept", "dropped"):
-            (self.out / f"{name}.jsonl").unlink(missing_ok=True)
+        self._names = ("baseline", None, "baseline-dropped") if baseline else ("judged", "kept", "dropped")
+        for name in self._names:
+            if name is not None:
+                (self.out / f"{name}.jsonl").unlink(missing_ok=True)
         prompts = PromptSet.load(self.config.prompts)
         cache: ResponseCache | NullCache = (
             NullCache() if self.config.no_cache else ResponseCache(self.config.cache or self.out / "cache.sqlite")
@@ -140,32 +147,39 @@ class Eliminator:
             async with client:
                 ctx = StageContext(self.config, prompts, client, client, ImageEncoder(self.config.image_size))
 
-                async def judge(pair: tuple[Sample, Sample]) -> tuple[Sample, Sample | Drop]:
+                async def judge(pair: tuple[Sample, Sample]) -> Sample | Drop:
                     parent, child = pair
                     image = None
                     if self.config.images == "send" and child.image:
-                        image = resolve_image(child.image, self.config.image_root, image_base)
-                    return child, await judge_sample(ctx, parent, child, image)
+                        try:
+                            image = resolve_image(child.image, self.config.image_root, image_base)
+                        except ImageError as exc:
+                            reason = failure_reason(exc)
+                            return make_drop(child, child.id, child.round, "judge", reason, child.operator)
+                    return await judge_sample(ctx, parent, child, image)
 
-                async for child, judged in bounded_map(pairs, judge, self.config.concurrency):
-                    self._record(files, child, judged, judged_name)
+                async for judged in bounded_map(pairs, judge, self.config.concurrency):
+                    self._record(files, judged)
         finally:
             files.close()
             cache.close()
         return self.result
 
-    def _record(self, files: AppendFiles, child: Sample, judged: Sample | Drop, judged_name: str) -> None:
+    def _record(self, files: AppendFiles, judged: Sample | Drop) -> None:
+        judged_name, kept_name, dropped_name = self._names
         if isinstance(judged, Drop):
             self.result.failed += 1
-            files.write(self.out / "dropped.jsonl", judged)
+            files.write(self.out / f"{dropped_name}.jsonl", judged)
             return
         files.write(self.out / f"{judged_name}.jsonl", judged)
         self._count(judged)
+        if kept_name is None:
+            return
         kept, rejected = apply_keep_rule(judged, self.config.min_score)
         if kept is not None:
-            files.write(self.out / "kept.jsonl", kept)
+            files.write(self.out / f"{kept_name}.jsonl", kept)
         if rejected is not None:
-            files.write(self.out / "dropped.jsonl", rejected)
+            files.write(self.out / f"{dropped_name}.jsonl", rejected)
 
     def _count(self, judged: Sample) -> None:
         result = self.result
@@ -216,7 +230,7 @@ def baseline(config: RunConfig, seeds: Path, out: Path, message: Callable[[str],
             yield item.sample, item.sample
 
     eliminator = Eliminator(config, out, message)
-    return asyncio.run(eliminator.run(pairs(), seeds.parent, judged_name="baseline"))
+    return asyncio.run(eliminator.run(pairs(), seeds.parent, baseline=True))
 
 
 def rescore_folder(folder: Path, min_score: float) -> EliminationResult:

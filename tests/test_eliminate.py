@@ -93,4 +93,5 @@ def test_baseline_scores_seeds_against_themselves(server: ThreadedServer, tmp_pa
     baseline = lines(out / "baseline.jsonl")
     assert len(baseline) == 10
     assert all(i["score"] is not None for r in baseline for i in r["qa"])
-    assert [r["id"] for r in baseline] != [] and all(r["round"] == 0 for r in baseline)
+    assert all(r["round"] == 0 for r in baseline)
+    assert not (out / "kept.jsonl").exists() and not (out / "dropped.jsonl").exists()
