@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,11 +49,13 @@ class EliminationResult:
         return data
 
 
-async def bounded_map(items: Iterable[T], func: Callable[[T], Awaitable[R]], concurrency: int) -> AsyncIterator[R]:
+async def bounded_map(
+    items: Iterable[T], func: Callable[[T], Coroutine[Any, Any, R]], concurrency: int
+) -> AsyncIterator[R]:
     """Apply an async function to a stream with at most `concurrency` calls in flight; results as they end."""
     pending: set[asyncio.Task[R]] = set()
     for item in items:
-        pending.add(asyncio.create_task(func(item)))  # type: ignore[arg-type]
+        pending.add(asyncio.create_task(func(item)))
         if len(pending) >= concurrency:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
