@@ -25,6 +25,7 @@ from evolve.config import RunConfig
 from evolve.errors import (
     EvolveError,
     FailureBudgetExceeded,
+    FatalEndpointErrors,
     ImageError,
     InputError,
     Interrupted,
@@ -220,9 +221,6 @@ class Runner:
             return NullCache()
         return ResponseCache(self.config.cache or self.folder.cache)
 
-    def _clients(self, cache: ResponseCache | NullCache) -> tuple[ChatClient, ChatClient]:
-        return make_clients(self.config, cache)
-
     # ------------------------------------------------------------------ the run
 
     async def run(self) -> RunResult:
@@ -265,7 +263,7 @@ class Runner:
     async def _run_chains(
         self, prompts: PromptSet, cache: ResponseCache | NullCache, states: dict[int, RoundState]
     ) -> None:
-        client, judge_client = self._clients(cache)
+        client, judge_client = make_clients(self.config, cache)
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(client)
             if judge_client is not client:
@@ -369,7 +367,7 @@ class Runner:
             try:
                 await self._chain(ctx, sample, image, states)
             except EvolveError as exc:
-                if isinstance(exc, InputError | UsageError) or _is_fatal(exc):
+                if isinstance(exc, (InputError, UsageError, *FatalEndpointErrors)):
                     self._stop_with(exc)
                     return
                 raise
@@ -464,12 +462,6 @@ class Runner:
             }
         )
         return summary
-
-
-def _is_fatal(exc: EvolveError) -> bool:
-    from evolve.errors import FatalEndpointErrors
-
-    return isinstance(exc, FatalEndpointErrors)
 
 
 def run_evolution(config: RunConfig, seeds: list[Path], out: Path, message: Message) -> RunResult:
