@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
+
 from evolve.errors import EvolveError
 
 log = logging.getLogger("evolve.cache")
@@ -38,14 +40,25 @@ class CacheError(EvolveError):
 
 
 def request_key(model: str, system: str | None, text: str, image_keys: list[str], params: dict[str, Any]) -> str:
-    """A stable key for a request: `v1:` + SHA-256 of its canonical JSON (image *keys*, never image data)."""
-    canonical = json.dumps(
-        {"model": model, "system": system, "text": text, "images": image_keys, "params": params},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return f"{KEY_VERSION}:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    """A stable key for a request: `v1:` + SHA-256 of its canonical JSON (image *keys*, never image data).
+
+    The canonical JSON is ``json.dumps`` with sorted keys, compact separators and raw UTF-8. orjson writes
+    strings the same way ten times faster; the small ``params`` keep the stdlib's float format.
+    """
+    params_json = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    digest = hashlib.sha256(b'{"images":' + _canonical_strings(image_keys))
+    digest.update(b',"model":' + _canonical_strings(model) + b',"params":' + params_json)
+    digest.update(b',"system":' + _canonical_strings(system))
+    digest.update(b',"text":' + _canonical_strings(text) + b"}")
+    return f"{KEY_VERSION}:" + digest.hexdigest()
+
+
+def _canonical_strings(value: str | list[str] | None) -> bytes:
+    """A string, a list of strings or None as canonical JSON bytes."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # e.g. a lone surrogate: let the stdlib raise or write it as it always did
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 class Cache(Protocol):
@@ -212,9 +225,13 @@ class ResponseCache:
 
 
 class NullCache:
-    """The cache for `--no-cache`: remembers nothing."""
+    """The cache for `--no-cache`: remembers nothing (so it does not hash requests either)."""
 
-    request_key = staticmethod(request_key)
+    @staticmethod
+    def request_key(model: str, system: str | None, text: str, image_keys: list[str], params: dict[str, Any]) -> str:
+        """No key: nothing is looked up."""
+        return ""
+
     hits = 0
     misses = 0
 

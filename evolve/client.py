@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import importlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
@@ -40,18 +40,6 @@ from evolve.errors import (
     UsageError,
 )
 from evolve.images import EncodedImage
-
-try:  # orjson is optional: a little less CPU per call when installed
-    _orjson: Any = importlib.import_module("orjson")
-    _dumps: Callable[[Any], bytes] = _orjson.dumps
-    _loads: Callable[[bytes], Any] = _orjson.loads
-except ImportError:  # pragma: no cover - depends on the environment
-    _json_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-    def _dumps(value: Any) -> bytes:
-        return _json_encoder.encode(value).encode("utf-8")
-
-    _loads = json.loads
 
 log = logging.getLogger("evolve.client")
 
@@ -224,7 +212,7 @@ def error_message_of(body: Any) -> str:
     message: Any = body
     if isinstance(body, (bytes, bytearray)):
         try:
-            message = _loads(bytes(body))
+            message = orjson.loads(bytes(body))
         except ValueError:
             message = bytes(body).decode("utf-8", "replace")
     if isinstance(message, dict):
@@ -525,7 +513,7 @@ class ChatClient:
                             retry_after=retry_after_from_headers(resp.headers),
                         )
                     )
-            return _loads(raw)
+            return orjson.loads(raw)
         except EndpointError:
             raise
         except Exception as exc:
@@ -536,7 +524,7 @@ class ChatClient:
         assert session is not None
         self.usage.requests += 1
         payload = await self._fetch_aiohttp(
-            session.post(self._chat_url, data=_dumps(body), proxy=self._proxy), has_images
+            session.post(self._chat_url, data=orjson.dumps(body), proxy=self._proxy), has_images
         )
         return answer_fields(payload)
 

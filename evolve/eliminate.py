@@ -162,6 +162,7 @@ class Eliminator:
 
                 async for judged in bounded_map(pairs, judge, self.config.concurrency):
                     self._record(files, judged)
+                    files.flush()
         finally:
             files.close()
             cache.close()

@@ -393,6 +393,7 @@ class Runner:
                 self.files.write(self.folder.round_file(number, name), record)
         for drop in outcome.drops:
             self.files.write(self.folder.round_file(number, "dropped"), drop)
+        self.files.flush()
         counters = self.counters.rounds[number]
         counters.done += 1
         counters.kept += outcome.kept is not None

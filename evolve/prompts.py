@@ -269,6 +269,7 @@ class PromptSet:
         except jinja2.TemplateError as exc:
             raise _usage(exc, paths, "cannot compile") from exc
         self._judge_context = judge_vars is None or bool(judge_vars & _CONTEXT_VARS)
+        self._globals = {name: dict(template.globals) for name, template in self._templates.items()}
         self._check()
 
     def _variables(self, name: str, seen: set[str]) -> set[str] | None:
@@ -334,8 +335,14 @@ class PromptSet:
                     )
 
     def _render(self, name: str, values: dict[str, Any]) -> str:
+        template = self._templates[name]
+        try:  # Template.render minus merging its globals (a ChainMap) into a new dict on every call
+            context = template.new_context({**self._globals[name], **values}, shared=True)
+            return template.environment.concat(template.root_render_func(context))
+        except Exception:
+            pass  # render again the documented way: its exception carries the template's file and line
         try:
-            return self._templates[name].render(values)
+            return template.render(values)
         except Exception as exc:  # a user's template may raise anything (1/0, a bad method call ...)
             raise _usage(exc, self._paths, f"rendering {name}.j2") from exc
 

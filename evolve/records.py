@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from evolve.errors import InputError, RecordError
@@ -330,6 +331,10 @@ def _decode(where: str, raw: bytes, max_bytes: int) -> Any:
     if len(raw) > max_bytes:
         size = len(raw) / 1024 / 1024
         raise RecordError(where, f"line is {size:.1f} MB, over the {max_bytes // 1024 // 1024} MB limit")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass  # the stdlib decides (NaN, huge integers) and words the error
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
 from pydantic import BaseModel
 
 from evolve.errors import RunLockedError, UsageError
@@ -44,14 +45,18 @@ class RunFolder:
         self.rejected = root / "rejected.jsonl"
         self.log = root / "evolve.log"
         self.baseline = root / "baseline.jsonl"
+        self._round_files: dict[tuple[int, str], Path] = {}
 
     def round_dir(self, number: int) -> Path:
         """`round-N/`."""
         return self.root / f"round-{number}"
 
     def round_file(self, number: int, name: str) -> Path:
-        """`round-N/<name>.jsonl`."""
-        return self.round_dir(number) / f"{name}.jsonl"
+        """`round-N/<name>.jsonl` (remembered: it is asked for on every record written)."""
+        path = self._round_files.get((number, name))
+        if path is None:
+            path = self._round_files[number, name] = self.round_dir(number) / f"{name}.jsonl"
+        return path
 
     def rounds_present(self) -> list[int]:
         """Round numbers that have a folder, in order."""
@@ -134,7 +139,7 @@ def repair_tail(path: Path) -> bool:
 
 
 class AppendFiles:
-    """Append-only JSONL files, flushed per record and fsynced at most every second and on close."""
+    """Append-only JSONL files: write records, then `flush` once per group; fsynced every second and on close."""
 
     def __init__(self) -> None:
         self._files: dict[Path, IO[str]] = {}
@@ -147,9 +152,12 @@ class AppendFiles:
             path.parent.mkdir(parents=True, exist_ok=True)
             fp = self._files[path] = path.open("a", encoding="utf-8")
         fp.write(record.model_dump_json() + "\n")
-        fp.flush()
-        now = time.monotonic()
-        if now - self._last_sync >= FSYNC_EVERY_SECONDS:
+
+    def flush(self) -> None:
+        """Hand the written lines to the OS (they survive a kill -9); fsync at most every second."""
+        for fp in self._files.values():
+            fp.flush()
+        if time.monotonic() - self._last_sync >= FSYNC_EVERY_SECONDS:
             self.sync()
 
     def sync(self) -> None:
@@ -175,7 +183,7 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         offset = 0
         for line in fp:
             if line.strip():
-                yield offset, json.loads(line)
+                yield offset, orjson.loads(line)
             offset += len(line)
 
 

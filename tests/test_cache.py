@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import multiprocessing
 import sqlite3
 from pathlib import Path
@@ -100,11 +102,23 @@ def test_request_key_is_canonical() -> None:
     assert a != request_key("m", "sys", "text", ["sha256:ab"], {"temperature": 0.5, "max_tokens": 10})
 
 
+@pytest.mark.parametrize(
+    "text", ["plain", "ünïcödé ✓ 字", 'quotes " and \\ back\nslash', "control \x01\x1f\u2028", "emoji 🙂"]
+)
+def test_request_key_is_the_sha256_of_the_stdlib_canonical_json(text: str) -> None:
+    """Keys written by earlier versions stay valid: same bytes as json.dumps(sort_keys, compact, UTF-8)."""
+    params = {"temperature": 0.7, "top_p": 1e-05, "max_tokens": 2048, "stop": None}
+    value = {"model": "gpt-4o-mini", "system": text[::-1], "text": text, "images": ["sha256:ab"], "params": params}
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    expected = "v1:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    assert request_key("gpt-4o-mini", text[::-1], text, ["sha256:ab"], params) == expected
+
+
 def test_null_cache() -> None:
     cache = NullCache()
     cache.put("k", {"a": 1})
     assert cache.get("k") is None
-    assert cache.request_key("m", None, "t", [], {}) == request_key("m", None, "t", [], {})
+    assert cache.request_key("m", None, "t", [], {}) == ""  # nothing is looked up, so nothing is hashed
     cache.flush()
     cache.close()
 

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
+
 Kind = Literal["evolve", "judge", "other"]
 
 JUDGE_HEADING = "### Original Q&A&S"
@@ -102,8 +104,11 @@ def stable_fraction(*parts: object) -> float:
 
 def messages_sha256(messages: Any) -> str:
     """sha256 hex of the canonical JSON of ``messages`` (sorted keys, compact, UTF-8)."""
-    canonical = json.dumps(messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+    try:
+        canonical = orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # a lone surrogate: orjson refuses it, the stdlib writes it escaped
+        canonical = json.dumps(messages, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def _parts_text(content: Any) -> tuple[str, bool]:
@@ -189,43 +194,28 @@ def items_after(text: str, heading: str) -> list[Any] | None:
     if fence is None:
         return None
     pos = fence.end()
-    while pos < len(text) and text[pos] in " \t\r\n":
-        pos += 1
-    try:
-        value, _ = _DECODER.raw_decode(text, pos)
-    except json.JSONDecodeError:
-        return None
+    close = text.find("```", pos)
+    try:  # the usual case: the fence holds exactly the array
+        value = orjson.loads(text[pos : close if close >= 0 else len(text)])
+    except orjson.JSONDecodeError:
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        try:
+            value, _ = _DECODER.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return None
     return value if isinstance(value, list) else None
 
 
 def fenced(value: list[Any]) -> str:
     """A list as JSON in a ```json fence, one element per line (the C encoder: ``indent=`` is slow)."""
-    body = ",\n  ".join(json.dumps(v, ensure_ascii=False) for v in value)
+    body = ",\n  ".join(orjson.dumps(v).decode() for v in value)
     return "```json\n[\n  " + body + "\n]\n```" if value else "```json\n[]\n```"
 
 
-class _Draw:
-    """Stable choices from one blake2b digest of the parts (one hash per rewritten item: it is cheap)."""
-
-    def __init__(self, *parts: object) -> None:
-        text = "\x1f".join(str(p) for p in parts).encode("utf-8", "surrogatepass")
-        self.bytes = hashlib.blake2b(text, digest_size=64).digest()
-        self.pos = 0
-
-    def number(self, n: int) -> int:
-        """A number in [0, n) (n <= 256), from the next two bytes."""
-        b = self.bytes
-        i = self.pos % 63
-        self.pos += 2
-        return ((b[i] << 8) | b[i + 1]) % n
-
-    def pick(self, seq: tuple[Any, ...]) -> Any:
-        """One element of ``seq``."""
-        return seq[self.number(len(seq))]
-
-
-def _pick(seq: tuple[Any, ...], *parts: object) -> Any:
-    return seq[stable_hash(*parts) % len(seq)]
+def _draws(*parts: object) -> bytes:
+    """64 stable bytes from the parts (one blake2b per rewritten item: each byte is one cheap choice)."""
+    return hashlib.blake2b("\x1f".join(str(p) for p in parts).encode("utf-8", "surrogatepass"), digest_size=64).digest()
 
 
 def _text_of(item: Any, key: str) -> str:
@@ -238,15 +228,12 @@ def _text_of(item: Any, key: str) -> str:
 
 def rewrite_item(given: Any, seed: str, index: int) -> dict[str, Any]:
     """One rewritten Q&A&S: longer than ``given``, with objects, skills and steps, chosen by hash."""
-    draw = _Draw(seed, index)
-    verb = draw.pick(VERBS)
-    color = draw.pick(COLORS)
-    noun = draw.pick(NOUNS)
-    relation = draw.pick(RELATIONS)
-    other = draw.pick(NOUNS)
+    b = _draws(seed, index)
+    verb, color = VERBS[b[0] % len(VERBS)], COLORS[b[1] % len(COLORS)]
+    noun, other = NOUNS[b[2] % len(NOUNS)], NOUNS[b[3] % len(NOUNS)]
     if other == noun:
-        other = NOUNS[(NOUNS.index(noun) + 1) % len(NOUNS)]
-    follow = draw.pick(FOLLOW_UPS)
+        other = NOUNS[(b[2] + 1) % len(NOUNS)]
+    relation, follow = RELATIONS[b[4] % len(RELATIONS)], FOLLOW_UPS[b[5] % len(FOLLOW_UPS)]
     old_q = _text_of(given, "question").strip()
     old_a = _text_of(given, "answer").strip()
     question = f"{verb} the {color} {noun} {relation} the {other} and {follow}."
@@ -255,22 +242,14 @@ def rewrite_item(given: Any, seed: str, index: int) -> dict[str, Any]:
     answer = f"The {color} {noun} is {relation} the {other}, which the image shows clearly."
     if old_a:
         answer += f" {old_a}"
-    n_skills = 1 + draw.number(3)
-    skills: list[str] = []
-    for _ in range(n_skills * 2):
-        skill = draw.pick(SKILLS)
-        if skill not in skills:
-            skills.append(skill)
-        if len(skills) == n_skills:
-            break
+    skills = list(dict.fromkeys(SKILLS[b[8 + k] % len(SKILLS)] for k in range(1 + b[6] % 3)))
     target = f"{color} {noun}"
     objects = [target, other]
     if isinstance(given, dict) and isinstance(given.get("objects"), list):
         objects += [o for o in given["objects"] if isinstance(o, str) and o and o not in objects][:2]
-    n_steps = 1 + draw.number(4)
     steps = []
-    for k in range(n_steps):
-        template = draw.pick(MANIPULATIONS)
+    for k in range(1 + b[7] % 4):
+        template = MANIPULATIONS[b[16 + k] % len(MANIPULATIONS)]
         thing = target if k % 2 == 0 else other
         manipulation = None if template is None else template.format(i=k + 1, t=thing)
         steps.append({"manipulation": manipulation, "description": f"Find the {thing} and check its position."})
@@ -278,7 +257,7 @@ def rewrite_item(given: Any, seed: str, index: int) -> dict[str, Any]:
         "image_position": _text_of(given, "image_position") or "single",
         "objects": objects,
         "skills": skills,
-        "format": draw.pick(FORMATS),
+        "format": FORMATS[b[24] % len(FORMATS)],
         "question": question,
         "steps": steps,
         "answer": answer,
@@ -290,12 +269,12 @@ def judge_item(item: Any, index: int, settings: Settings) -> dict[str, Any]:
     question = _text_of(item, "question")
     rejected = stable_fraction("judge", question) < settings.reject_ratio
     low, high = sorted((settings.score_min, settings.score_max))
-    score = low + stable_hash("score", question, index) % (high - low + 1)
+    b = _draws("score", question, index)
     reasons = REASONS_NO if rejected else REASONS_YES
     return {
         "improved": "no" if rejected else "yes",
-        "score": int(score),
-        "reason": _pick(reasons, "reason", question),
+        "score": low + int.from_bytes(b[:8], "big") % (high - low + 1),
+        "reason": reasons[b[8] % len(reasons)],
     }
 
 

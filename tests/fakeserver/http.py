@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import orjson
+
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 512 * 1024 * 1024
 
@@ -45,7 +47,7 @@ class Request:
 
     def json(self) -> Any:
         """The body decoded as JSON (raises ValueError if it is not)."""
-        return json.loads(self.body)
+        return orjson.loads(self.body)
 
 
 @dataclass
@@ -62,7 +64,7 @@ class Reply:
 
 def json_reply(value: Any, status: int = 200, headers: list[tuple[str, str]] | None = None) -> Reply:
     """A JSON response."""
-    body = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    body = orjson.dumps(value)
     return Reply(status=status, body=body, headers=headers or [])
 
 
