@@ -20,6 +20,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from evolve.errors import InputError, RecordError
+from evolve.idset import CompactIdSet
 
 Format = Literal["mmevol", "llava", "sharegpt"]
 FORMATS: tuple[Format, ...] = ("mmevol", "llava", "sharegpt")
@@ -391,7 +392,7 @@ def read_samples(
 ) -> Iterator[Loaded | Rejected]:
     """Stream the records of one file as Loaded or Rejected, in file order; ids made unique per file."""
     path = Path(path)
-    seen: set[str] = set()
+    seen = CompactIdSet()
     for item in iter_raw(path, max_bytes):
         if isinstance(item, Rejected):
             yield item
@@ -402,12 +403,11 @@ def read_samples(
         except RecordError as exc:
             yield Rejected(exc.where, exc.reason)
             continue
-        if sample.id in seen:
+        if not seen.add_new(sample.id):
             base, n = sample.id, 2
-            while f"{base}~{n}" in seen:
+            while not seen.add_new(f"{base}~{n}"):
                 n += 1
             sample.id = sample.seed_id = f"{base}~{n}"
-        seen.add(sample.id)
         yield Loaded(sample, found, where)
 
 
