@@ -80,8 +80,10 @@ class Cache(Protocol):
 class ResponseCache:
     """A SQLite-backed cache of answers (JSON objects), safe to share between processes.
 
-    Two connections: reads on the caller's thread, batched writes on a worker thread when an event loop
-    runs (SQLite releases the GIL while it writes), so a commit never stalls the loop.
+    Two connections, one for reads and one for writes; every put commits on the caller's thread before it
+    returns (a WAL append, no fsync). The locks make one instance safe to share between threads (the Ray
+    executor's actors run their loop on a thread of their own); an answer that SQLite refused stays in
+    memory, visible to `get`, until a later commit takes it.
     """
 
     def __init__(self, path: Path) -> None:
