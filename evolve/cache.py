@@ -81,8 +81,8 @@ class ResponseCache:
     """A SQLite-backed cache of answers (JSON objects), safe to share between processes.
 
     Two connections, one for reads and one for writes; every put commits on the caller's thread before it
-    returns (a WAL append, no fsync). The locks make one instance safe to share between threads (the Ray
-    executor's actors run their loop on a thread of their own); an answer that SQLite refused stays in
+    returns (a WAL append, no fsync). The locks make one instance safe across threads (a Ray actor opens and
+    closes its cache on one thread and uses it on its event loop's); an answer that SQLite refused stays in
     memory, visible to `get`, until a later commit takes it.
     """
 
