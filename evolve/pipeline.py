@@ -100,9 +100,13 @@ def count_lines(paths: list[Path]) -> int:
 def iter_seeds(paths: list[Path], config: RunConfig) -> Iterator[tuple[Sample, Path | str | None] | Drop]:
     """Good seeds with their resolved image, or a Drop (stage input) for each unusable one."""
     shard = config.shard_pair()
-    for path in paths:
+    for index, path in enumerate(paths):
         for item in read_samples(path, fmt=config.format):
             if isinstance(item, Rejected):
+                # an unreadable line has no seed id: the shard of its place in the seed list reports it
+                place = f"{index}:{item.where.removeprefix(str(path))}"
+                if shard is not None and shard_of(place, shard[1]) != shard[0]:
+                    continue
                 if config.strict:
                     raise RecordError(item.where, item.reason)
                 reason = f"{item.where}: {item.reason}"

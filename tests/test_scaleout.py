@@ -83,3 +83,21 @@ def test_workers_equal_one_run(server: ThreadedServer, tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert canonical(tmp_path / "w", 2) == canonical(tmp_path / "one", 2)
+
+
+def test_a_bad_seed_line_is_reported_by_exactly_one_shard(server: ThreadedServer, tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds.jsonl"
+    bad = ['{"id": "cut off', '{"id": "x", "qa": "not a list"}', "[1, 2", "{}"]
+    seeds.write_text((SEEDS / "demo.jsonl").read_text() + "\n".join(bad) + "\n")
+    common = ["--rounds", "1", "--images", "skip"]
+    assert evolve(server, str(seeds), *common, "--out", str(tmp_path / "one")).exit_code == 0
+    shard_dirs = [tmp_path / f"shard{k}" for k in range(3)]
+    for k, shard_dir in enumerate(shard_dirs):
+        assert evolve(server, str(seeds), *common, "--shard", f"{k}/3", "--out", str(shard_dir)).exit_code == 0
+    assert sum(len(lines(d / "rejected.jsonl")) for d in shard_dirs) == len(bad)
+    merged = tmp_path / "merged"
+    assert CliRunner().invoke(app, ["merge", *map(str, shard_dirs), "--out", str(merged)]).exit_code == 0
+    one_rejected = sorted(r["reason"] for r in lines(tmp_path / "one" / "rejected.jsonl"))
+    assert sorted(r["reason"] for r in lines(merged / "rejected.jsonl")) == one_rejected
+    assert len(one_rejected) == len(bad)
+    assert json.loads((merged / "run.json").read_text())["rejected_seeds"] == len(bad)
