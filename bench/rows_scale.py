@@ -48,10 +48,8 @@ def row7(sizes: Sizes) -> Outcome:
     for attempt in range(2):
         for workers in (1, 2):
             tag = f"evolve-L0-C{c0}-w{workers}"
-            spec = evolve_spec(tag, seeds, 0.0, c0, requests)
-            if workers > 1:
-                spec.cmd += ["--workers", str(workers)]
-            r = measure_evolve(spec)
+            extra = ("--workers", str(workers)) if workers > 1 else ()
+            r = measure_evolve(evolve_spec(tag, seeds, 0.0, c0, requests, extra))
             d = r.as_dict()
             d["server_share"] = _server_share(r, idle)
             out.data[f"{tag}-try{attempt + 1}"] = d
