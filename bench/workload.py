@@ -115,7 +115,7 @@ def prompts_file(count: int = 400) -> Path:
     from evolve.parse import parse_qas
     from evolve.prompts import PromptSet
     from evolve.records import parse_record
-    from tests.fakeserver.content import Settings, answer
+    from evolve.fakeserver.content import Settings, answer
 
     prompts = PromptSet.load()
     records = demo_records()

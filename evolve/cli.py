@@ -507,6 +507,19 @@ def init(
             out.print(f"wrote {path}")
 
 
+@app.command(
+    "fake-endpoint",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def fake_endpoint(ctx: typer.Context) -> None:
+    """A deterministic OpenAI-compatible test endpoint on 127.0.0.1 (try evolve without a model); --help for its
+    options."""
+    from evolve.fakeserver.__main__ import main as serve
+
+    raise typer.Exit(serve(list(ctx.args), prog="evolve fake-endpoint"))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakeserver import ThreadedServer, serve_in_thread
+from evolve.fakeserver import ThreadedServer, serve_in_thread
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 

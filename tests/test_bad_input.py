@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakeserver import ThreadedServer
+from evolve.fakeserver import ThreadedServer
 from tests.test_reliability import check_file, run, run_cmd, status_of
 
 REPO = Path(__file__).resolve().parents[1]

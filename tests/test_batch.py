@@ -15,8 +15,8 @@ from evolve.batch import MAX_BATCH_REQUESTS, STATE_FILE, BatchStep, batch_step, 
 from evolve.config import RunConfig
 from evolve.errors import ImageInputRejected, RunLockedError, UsageError
 from evolve.pipeline import run_evolution
-from tests.fakeserver import ThreadedServer
-from tests.fakeserver.content import MALFORMED_TEXT
+from evolve.fakeserver import ThreadedServer
+from evolve.fakeserver.content import MALFORMED_TEXT
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "seeds" / "demo.jsonl"

@@ -39,7 +39,7 @@ from evolve.errors import (
     UsageError,
 )
 from evolve.images import EncodedImage
-from tests.fakeserver import ThreadedServer
+from evolve.fakeserver import ThreadedServer
 
 TRANSPORTS = ["aiohttp", "sdk"]
 SECRET = "sk-test-Secret0123456789abcdefXYZ"

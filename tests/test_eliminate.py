@@ -8,7 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from evolve.cli import app
-from tests.fakeserver import ThreadedServer
+from evolve.fakeserver import ThreadedServer
 from tests.test_run import SEEDS, evolve, lines
 
 

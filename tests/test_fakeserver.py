@@ -16,8 +16,8 @@ import httpx
 import openai
 import pytest
 
-from tests.fakeserver import ThreadedServer, messages_sha256, stable_fraction
-from tests.fakeserver.content import QAS_KEYS
+from evolve.fakeserver import ThreadedServer, messages_sha256, stable_fraction
+from evolve.fakeserver.content import QAS_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
 FENCE = re.compile(r"```json\s*(.*?)\s*```", re.DOTALL)
@@ -486,7 +486,7 @@ def test_raw_http_pipelined_chunked_and_keepalive(server: ThreadedServer) -> Non
 def test_cli_port_file_and_cross_process_determinism(server: ThreadedServer, tmp_path: Path) -> None:
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakeserver", "--port", "0", "--port-file", str(port_file),
+        [sys.executable, "-m", "evolve.fakeserver", "--port", "0", "--port-file", str(port_file),
          "--model", "cli-model", "--latency", "0.05"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
@@ -513,7 +513,7 @@ def test_cli_port_file_and_cross_process_determinism(server: ThreadedServer, tmp
 
 def test_cli_refuses_non_loopback_host() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "tests.fakeserver", "--host", "0.0.0.0"],
+        [sys.executable, "-m", "evolve.fakeserver", "--host", "0.0.0.0"],
         cwd=REPO, capture_output=True, text=True, timeout=20,
     )  # fmt: skip
     assert result.returncode == 2 and "loopback" in result.stderr

@@ -2,7 +2,7 @@
 
 Ray listens on all interfaces and probes a public address, so it only ever runs here inside a fresh
 loopback-only network namespace (`unshare -rn`), together with its own test server: the subprocess runs
-`inside_namespace`, which starts `tests.fakeserver` in a thread, a local Ray bound to 127.0.0.1 and the Ray
+`inside_namespace`, which starts `evolve.fakeserver` in a thread, a local Ray bound to 127.0.0.1 and the Ray
 executor, and leaves run folders and a JSON report for the test to compare with runs made out here (the fake
 server is deterministic). The test installs the `ray` extra into this interpreter when it is missing.
 """
@@ -23,7 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from evolve.cli import app
-from tests.fakeserver import ThreadedServer
+from evolve.fakeserver import ThreadedServer
 from tests.test_run import REPO, SEEDS, evolve, lines
 from tests.test_scaleout import canonical
 
@@ -92,8 +92,8 @@ def inside_namespace(spec: dict[str, Any]) -> None:
     from evolve.config import build_config
     from evolve.errors import EvolveError
     from evolve.ray_executor import run_ray
-    from tests.fakeserver import serve_in_thread
-    from tests.fakeserver.app import Config
+    from evolve.fakeserver import serve_in_thread
+    from evolve.fakeserver.app import Config
 
     report: dict[str, Any] = {"messages": []}
     out, resumed = Path(spec["out"]), Path(spec["resumed"])

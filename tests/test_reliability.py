@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakeserver import ThreadedServer
+from evolve.fakeserver import ThreadedServer
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "seeds" / "demo.jsonl"
@@ -478,7 +478,7 @@ def test_hang_is_retried_after_the_timeout_or_dropped_with_reason(srv: ThreadedS
 
 def test_broken_answers_are_dropped_with_raw_text_or_parsed(srv: ThreadedServer, tmp_path: Path) -> None:
     """malformed / truncated / garbage / empty answers and a 400, each aimed at one seed's evolve call."""
-    from tests.fakeserver.content import MALFORMED_TEXT
+    from evolve.fakeserver.content import MALFORMED_TEXT
 
     aimed = {"malformed": "2_images_demo-003.png", "truncated": "3_images_demo-004.jpg",
              "garbage_body": "1_images_demo-002.jpg", "empty": "0_images_demo-001.png",

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from evolve.cli import app
-from tests.fakeserver import ThreadedServer
+from evolve.fakeserver import ThreadedServer
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = REPO / "seeds"

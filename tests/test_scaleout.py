@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from evolve.cli import app
 from evolve.operators import shard_of
-from tests.fakeserver import ThreadedServer
+from evolve.fakeserver import ThreadedServer
 from tests.test_run import SEEDS, evolve, lines
 
 ROUND_FILES = ("evolved", "judged", "kept", "dropped")

@@ -12,8 +12,8 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from tests.fakeserver.app import App, Config
-from tests.fakeserver.http import HttpServer
+from evolve.fakeserver.app import App, Config
+from evolve.fakeserver.http import HttpServer
 
 # Never route control calls through a proxy from the environment: the server is on loopback.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

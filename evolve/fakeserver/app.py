@@ -12,8 +12,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.fakeserver import content
-from tests.fakeserver.http import Reply, Request, json_reply
+from evolve.fakeserver import content
+from evolve.fakeserver.http import Reply, Request, json_reply
 
 FAULT_KINDS = (
     "429", "500", "503", "400", "401", "404", "hang", "reset", "malformed", "truncated", "garbage_body",

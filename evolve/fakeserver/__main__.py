@@ -1,4 +1,7 @@
-"""``python -m tests.fakeserver``: run the fake OpenAI-compatible server until SIGINT or SIGTERM."""
+"""``evolve fake-endpoint`` (or ``python -m evolve.fakeserver``): run the test endpoint until SIGINT or SIGTERM.
+
+A deterministic OpenAI-compatible server for trying evolve without any model, for tests and for the benchmark.
+It binds loopback only."""
 
 from __future__ import annotations
 
@@ -11,8 +14,8 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.fakeserver.app import FAULT_KINDS, Config, Fault
-from tests.fakeserver.runner import FakeServer
+from evolve.fakeserver.app import FAULT_KINDS, Config, Fault
+from evolve.fakeserver.runner import FakeServer
 
 
 def _loopback(host: str) -> str:
@@ -34,10 +37,10 @@ def _fault(text: str) -> Fault:
     return Fault(kind=kind, count=int(count or 1))
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, prog: str = "python -m evolve.fakeserver") -> argparse.Namespace:
     """Command-line flags; every Config field has one."""
     d = Config()
-    p = argparse.ArgumentParser(prog="python -m tests.fakeserver", description=__doc__)
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", type=_loopback, default="127.0.0.1", help="loopback address to bind")
     p.add_argument("--port", type=int, default=0, help="port (0 = pick a free one)")
     p.add_argument("--port-file", type=Path, help="write the bound port to this file once listening")
@@ -88,9 +91,9 @@ async def serve(args: argparse.Namespace) -> None:
         await server.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m evolve.fakeserver") -> int:
     """Entry point."""
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     try:
         asyncio.run(serve(args))
     except OSError as exc:
