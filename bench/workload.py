@@ -111,11 +111,11 @@ def prompts_file(count: int = 400) -> Path:
     path = DATA / f"prompts-{count}.jsonl"
     if path.exists():
         return path
+    from evolve.fakeserver.content import Settings, answer
     from evolve.operators import OPERATORS
     from evolve.parse import parse_qas
     from evolve.prompts import PromptSet
     from evolve.records import parse_record
-    from evolve.fakeserver.content import Settings, answer
 
     prompts = PromptSet.load()
     records = demo_records()

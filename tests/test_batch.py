@@ -14,9 +14,9 @@ import pytest
 from evolve.batch import MAX_BATCH_REQUESTS, STATE_FILE, BatchStep, batch_step, custom_id, split_custom_id
 from evolve.config import RunConfig
 from evolve.errors import ImageInputRejected, RunLockedError, UsageError
-from evolve.pipeline import run_evolution
 from evolve.fakeserver import ThreadedServer
 from evolve.fakeserver.content import MALFORMED_TEXT
+from evolve.pipeline import run_evolution
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "seeds" / "demo.jsonl"

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from evolve.cli import app
 from evolve.config import build_config
 from evolve.errors import UsageError
-from evolve.records import load_samples
 from evolve.fakeserver import ThreadedServer
+from evolve.records import load_samples
 from tests.test_run import SEEDS, SHARED_SEEDS, evolve, lines
 
 COMMANDS = ("run", "eliminate", "stats", "validate", "export", "merge", "init")

@@ -38,8 +38,8 @@ from evolve.errors import (
     TransientEndpointError,
     UsageError,
 )
-from evolve.images import EncodedImage
 from evolve.fakeserver import ThreadedServer
+from evolve.images import EncodedImage
 
 TRANSPORTS = ["aiohttp", "sdk"]
 SECRET = "sk-test-Secret0123456789abcdefXYZ"

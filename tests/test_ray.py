@@ -91,9 +91,9 @@ def inside_namespace(spec: dict[str, Any]) -> None:
 
     from evolve.config import build_config
     from evolve.errors import EvolveError
-    from evolve.ray_executor import run_ray
     from evolve.fakeserver import serve_in_thread
     from evolve.fakeserver.app import Config
+    from evolve.ray_executor import run_ray
 
     report: dict[str, Any] = {"messages": []}
     out, resumed = Path(spec["out"]), Path(spec["resumed"])

@@ -10,8 +10,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from evolve.cli import app
-from evolve.operators import shard_of
 from evolve.fakeserver import ThreadedServer
+from evolve.operators import shard_of
 from tests.test_run import SEEDS, evolve, lines
 
 ROUND_FILES = ("evolved", "judged", "kept", "dropped")
