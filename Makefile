@@ -7,6 +7,9 @@ PIP := $(PY) -m pip
 .PHONY: install test lint format bench e2e-real clean
 
 install: $(VENV)/.installed
+	@# The report's browser test drives Debian's chromium (Playwright's own browser download is not reachable).
+	@command -v chromium >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +38,10 @@ bench: install
 
 e2e-real: install
 	bash scripts/e2e_real.sh
+
+.PHONY: e2e-vision
+e2e-vision: install
+	bash scripts/e2e_vision.sh
 
 clean:
 	rm -rf $(VENV) .bench build dist *.egg-info

@@ -20,12 +20,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import rows, rows_scale, setup
-from bench.common import REPO, evolve_cmd, machine_info, run
+from bench import rows, rows_dedup, rows_report, rows_scale, rows_stats, setup, workload
+from bench.common import REPO, WORKLOAD, evolve_cmd, machine_info, run
 
 RESULTS = REPO / "bench" / "results.json"
 MARKDOWN = REPO / "bench" / "results.md"
-ALL_ROWS = ("1", "2", "3", "4", "5", "6", "7", "8")
+ALL_ROWS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11")
 
 
 def row_id(label: str) -> str:
@@ -128,13 +128,16 @@ def main() -> int:
             if error:
                 console.print(f"[yellow]bench: peer venv {name} unavailable: {error}[/]")
         timings["peer venvs"] = time.perf_counter() - t0
+    workload.ensure_demo_seeds()
+    console.print(f"bench: workload: {WORKLOAD}", highlight=False)
     evolve_error = _evolve_ready()
     if evolve_error:
         console.print(f"[yellow]bench: {evolve_error}: evolve rows will show errors[/]")
 
     plan: list[tuple[str, Any, tuple[Any, ...]]] = []
     order = [("1", rows.row1), ("2", rows.row2), ("3", rows.row3), ("4", rows.row4), ("5", rows.row5), ("6", rows.row6),
-             ("7", rows_scale.row7), ("8", rows_scale.row8)]  # fmt: skip
+             ("7", rows_scale.row7), ("8", rows_scale.row8), ("9", rows_stats.row9), ("10", rows_dedup.row10),
+             ("11", rows_report.row11)]  # fmt: skip
     for key, fn in order:
         if key not in wanted:
             continue
@@ -144,6 +147,7 @@ def main() -> int:
         plan.append((key, fn, args))
     wait_idle(float(os.environ.get("BENCH_WAIT_IDLE", "0") or 0), console)
     loads: dict[str, list[float]] = {}
+    crashed: list[str] = []
     for key, fn, args in plan:
         console.print(f"bench: row {key} ... (load average {os.getloadavg()[0]:.1f})", highlight=False)
         before = os.getloadavg()[0]
@@ -151,6 +155,7 @@ def main() -> int:
             outcome, seconds = rows.timed(fn, *args)
         except Exception as exc:  # one broken row must not lose the others
             outcome, seconds = rows.Outcome(rows=[rows._fail(f"{key} (crashed)", "—", repr(exc))]), 0.0
+            crashed.append(key)
         timings[f"row {key}"] = seconds
         loads[f"row {key}"] = [round(before, 2), round(os.getloadavg()[0], 2)]
         data.update(outcome.data)
@@ -170,6 +175,7 @@ def main() -> int:
     result = {
         "machine": machine,
         "quick": quick,
+        "workload": WORKLOAD,
         "sizes": asdict(sizes),
         "evolve_cmd": evolve_cmd(),
         "total_seconds": total,
@@ -191,6 +197,9 @@ def main() -> int:
     os.replace(tmp, results)
     md.write_text(markdown([rows.Row(**r) for r in result["rows"]], machine, quick, result["row_dates"]))
     console.print(f"wrote {results.relative_to(REPO)} and {md.relative_to(REPO)}")
+    if crashed:
+        console.print(f"[red]bench: row(s) {', '.join(crashed)} crashed (see the table): exit 1[/]")
+        return 1
     return 0
 
 

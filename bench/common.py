@@ -23,7 +23,18 @@ VENVS = SCRATCH / "venvs"
 LOGS = SCRATCH / "logs"
 PY = sys.executable
 TIME = Path("/usr/bin/time")
-DEMO_SEEDS = (REPO.parent / "shared" / "data" / "mmevol_demo_seeds.jsonl").resolve()
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+SHARED_SEEDS = SHARED_DATA / "mmevol_demo_seeds.jsonl"
+SHARED_REWRITES = SHARED_DATA / "gpt4o_mini_round1_responses.jsonl"
+HAVE_SHARED = SHARED_SEEDS.is_file()
+DEMO_SEEDS = SHARED_SEEDS if HAVE_SHARED else DATA / "generated-demo-seeds.jsonl"
+"""The demo seeds every row builds on: the real ones next to the repository, else a generated set of the same
+shape (``bench.workload.ensure_demo_seeds`` writes it from bench/workload_shape.json)."""
+WORKLOAD = (
+    f"real demo seeds ({SHARED_SEEDS})"
+    if HAVE_SHARED
+    else "generated demo-shaped seeds (no ../shared: lengths from bench/workload_shape.json)"
+)
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 

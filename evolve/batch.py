@@ -1,94 +1,42 @@
-"""`evolve run --batch`: the rounds of `evolve run` through the OpenAI Batch API, one step per invocation (cron).
+"""`evolve run --batch`: the OpenAI Batch API as a way of answering requests, under the same round as a live run.
 
-Each invocation (`batch_step`), under the run folder's lock, reads `batch.json` and then:
-- no batch pending: builds the next stage's requests (round r's evolution for every seed without a round-r
-  version yet, or round r's judging of every evolved sample without a verdict) as Batch input files, uploads
-  and submits them, records the batch ids and returns;
-- a batch pending and not finished: reports its status and counts and returns;
-- a batch finished: downloads its output and error files, reads every answer with the live run's parsers,
-  writes the round files as the live run does (runfolder's layout), and submits the next stage at once; after
-  the last round's judging it writes final.jsonl and run.json with status done.
-
-A request body is exactly what the live client sends (same prompt, images, model, temperature, max_tokens), so
-a batch run's records equal a live run's. Writing a batch's results first removes any lines of the same
-samples, so a crash while writing is repaired by processing the same downloaded output again. Requests a
-batch did not answer because it expired, was cancelled or failed validation are sent again in the next
-batch; a request answered with an error status or an unreadable answer is recorded as dropped with its
-reason, as the live run does once its retries are spent.
+Each invocation (cron), under the run folder's lock:
+1. if batches are pending, polls them; while one is unfinished, reports and returns;
+2. collects finished batches: every answer goes into the response cache (marked as billed through the Batch
+   API), every error line becomes the failure of its request for this invocation; requests a batch did not
+   answer (expired, cancelled) are simply asked again;
+3. runs the ordinary pass (`pipeline.LocalPool`, the live run's stages) with a `BatchTransport`: a request the
+   cache can answer goes on, one it cannot is queued and its sample-round ends unrecorded, like an
+   interrupted one;
+4. submits the queued requests as batches (one model per batch, split below OpenAI's limits) and records
+   them in batch.json.
+So a batch run writes exactly the records of a live run, and a kill -9 at any point is repaired by the next
+invocation. `--cancel` cancels the pending batches. The custom_id of a request is the digest of its cache key.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final, Literal
 
+import orjson
 from openai import OpenAI
 from pydantic import BaseModel, Field
 
-from evolve import __version__
-from evolve.accounting import TokenUsage, estimate_cost
-from evolve.cache import NullCache
-from evolve.client import (
-    NO_KEY_MESSAGE,
-    ChatClient,
-    ChatRequest,
-    EndpointSettings,
-    answer_fields,
-    error_message_of,
-    map_exception,
-    map_status,
-)
+from evolve.cache import KEY_VERSION, ResponseCache
+from evolve.client import ChatClient, ChatRequest, answer_record
 from evolve.config import RunConfig
-from evolve.errors import (
-    EndpointError,
-    EvolveError,
-    FailureBudgetExceeded,
-    FatalEndpointErrors,
-    ImageError,
-    InputError,
-    RequestRejected,
-    UsageError,
-)
-from evolve.images import EncodedImage, ImageEncoder
-from evolve.pipeline import check_fingerprint, fingerprint, iter_seeds, round_summaries
-from evolve.prompts import PromptSet
-from evolve.records import Drop, Sample
-from evolve.runfolder import (
-    ROUND_FILES,
-    AppendFiles,
-    RoundState,
-    RunFolder,
-    concat_files,
-    iter_json_lines,
-    purge_lines,
-    read_sample_at,
-    repair_tail,
-    run_lock,
-    scan_round,
-    write_atomic,
-)
-from evolve.stages import (
-    StageContext,
-    apply_keep_rule,
-    child_id,
-    evolution_request,
-    failure_reason,
-    make_drop,
-    read_evolution,
-    read_judgement,
-)
+from evolve.endpoint import NO_KEY_MESSAGE, EndpointSettings
+from evolve.errors import AnswerDeferred, EndpointError, EvolveError, RequestRejected, UnreadableAnswer, UsageError
+from evolve.manifest import Mode, RunManifest, now
+from evolve.pipeline import LocalPool, Message, Run
+from evolve.runfolder import RunFolder, iter_json_lines, write_atomic
+from evolve.transport import Answer, answer_fields, error_message_of, map_exception, map_status
 
-Stage = Literal["evolve", "judge"]
-Message = Callable[[str], None]
-
-STATE_FILE = "batch.json"
-WORK_DIR = "batch"
+Side = Literal["evolve", "judge"]
 ENDPOINT: Final = "/v1/chat/completions"
 MAX_BATCH_REQUESTS = 50_000
 """OpenAI's limit of requests in one batch."""
@@ -98,13 +46,14 @@ TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 RESEND_CODES = frozenset({"batch_expired", "batch_cancelled"})
 
 
-# ---------------------------------------------------------------------------------------------- batch.json
 class RemoteBatch(BaseModel):
-    """One submitted batch: its ids, the requests it holds and what the server last said about it."""
+    """One submitted batch: its ids, which endpoint and model, and what the server last said about it."""
 
     id: str
+    side: Side
+    model: str
     input_file_id: str
-    custom_ids: list[str]
+    requests: int
     status: str = "validating"
     counts: dict[str, int] = Field(default_factory=dict)
     output_file_id: str | None = None
@@ -112,199 +61,114 @@ class RemoteBatch(BaseModel):
     errors: list[str] = Field(default_factory=list)
 
 
-class PendingStage(BaseModel):
-    """The stage waiting for the Batch API (one or more batches)."""
-
-    stage: Stage
-    round: int
-    submitted: str
-    batches: list[RemoteBatch] = Field(default_factory=list)
-
-
-class CollectedStage(BaseModel):
-    """A stage's batches once their results are written: counts and token usage."""
-
-    stage: Stage
-    round: int
-    batch_ids: list[str]
-    answered: int
-    failed: int
-    resend: int
-    usage: dict[str, int]
-    finished: str
-
-
 class BatchState(BaseModel):
-    """`batch.json`: where the run stands, what is pending, and what was collected."""
+    """batch.json: the batches pending, and how many were collected so far."""
 
-    version: int = 1
-    round: int = 1
-    stage: Literal["evolve", "judge", "done"] = "evolve"
-    pending: PendingStage | None = None
-    history: list[CollectedStage] = Field(default_factory=list)
-    base_usage: dict[str, dict[str, int]] = Field(default_factory=dict)
-    """Token usage per round from live invocations before batch mode started."""
+    version: int = 2
+    pending: list[RemoteBatch] = Field(default_factory=list)
+    collected: int = 0
+    answers: int = 0
+    failed: int = 0
+    resent: int = 0
 
-
-@dataclass(frozen=True)
-class BatchStep:
-    """What one invocation did: submitted a stage, found it still pending, or finished the run."""
-
-    action: Literal["submitted", "pending", "done"]
-    stage: Stage | None = None
-    round: int | None = None
-    batch_ids: tuple[str, ...] = ()
-    status: str | None = None
-    counts: dict[str, int] = field(default_factory=dict)
-    collected: tuple[str, ...] = ()
-    """The stages whose results this invocation wrote, e.g. ("evolve round 1: 10 answers, 0 failed",)."""
-    summary: dict[str, Any] | None = None
-    """run.json as written by this invocation."""
-
-    @property
-    def done(self) -> bool:
-        """True when every round is written and final.jsonl is there."""
-        return self.action == "done"
-
-    def line(self) -> str:
-        """One status line for cron logs."""
-        head = "; ".join(self.collected)
-        head = f"{head}; " if head else ""
-        if self.action == "done":
-            status = (self.summary or {}).get("status", "done")
-            final = (self.summary or {}).get("final_samples")
-            return f"{head}run {status}: {final} samples in final.jsonl"
-        ids = ", ".join(self.batch_ids)
-        what = f"{self.stage} round {self.round}"
-        if self.action == "submitted":
-            return f"{head}submitted {what}: {self.counts.get('total', 0)} requests ({ids})"
-        counts = self.counts
-        return (
-            f"{head}{what} {self.status}: {counts.get('completed', 0)}/{counts.get('total', 0)} done, "
-            f"{counts.get('failed', 0)} failed ({ids})"
-        )
+    def summary(self) -> dict[str, Any]:
+        """What run.json says about the Batch API."""
+        counts = {"total": 0, "completed": 0, "failed": 0}
+        for b in self.pending:
+            counts["total"] += b.counts.get("total") or b.requests
+            counts["completed"] += b.counts.get("completed", 0)
+            counts["failed"] += b.counts.get("failed", 0)
+        statuses = "/".join(sorted({b.status for b in self.pending}))
+        pending = {"batch_ids": [b.id for b in self.pending], "status": statuses, "counts": counts}
+        return {"pending": pending if self.pending else None, "collected": self.collected, "answers": self.answers,
+                "failed": self.failed, "resent": self.resent}  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------- helpers
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def load_state(folder: RunFolder) -> BatchState:
+    """batch.json, or a fresh state."""
+    path = folder.batch_state
+    if not path.exists():
+        return BatchState()
+    try:
+        state = BatchState.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UsageError(f"{path}: unreadable ({' '.join(str(exc).split())[:120]}); move it away to start over") from exc
+    return state
 
 
-def custom_id(stage: Stage, seed_id: str, round_number: int) -> str:
-    """The stable id of one request in a batch: `evolve:{seed_id}:r{n}` or `judge:{seed_id}:r{n}`."""
-    return f"{stage}:{seed_id}:r{round_number}"
+def save_state(folder: RunFolder, state: BatchState) -> None:
+    """Write batch.json atomically."""
+    write_atomic(folder.batch_state, state.model_dump_json(indent=2) + "\n")
 
 
-def split_custom_id(value: str) -> tuple[str, str, int]:
-    """(stage, seed id, round) of a custom_id; raises ValueError for one we did not write."""
-    stage, sep, rest = value.partition(":")
-    seed_id, sep2, number = rest.rpartition(":r")
-    if not sep or not sep2 or stage not in ("evolve", "judge") or not number.isdigit():
-        raise ValueError(f"not an evolve batch custom_id: {value!r}")
-    return stage, seed_id, int(number)
+Failure = tuple[int | None, str]
+"""How a batch answered a request it could not do: (HTTP status or None, message); 200: not a completion."""
+HTTP_OK = 200
 
 
-def request_body(settings: EndpointSettings, request: ChatRequest) -> dict[str, Any]:
-    """The chat completions body the live client sends for `request`."""
-    body: dict[str, Any] = {
-        "model": settings.model,
-        "temperature": settings.temperature,
-        "max_tokens": settings.max_tokens,
-    }
-    if settings.response_format_json:
-        body["response_format"] = {"type": "json_object"}
-    body["messages"] = request.messages()
-    return body
+class BatchTransport:
+    """Answers nothing itself: a request the cache could not answer is queued for the next batch (and
+    `AnswerDeferred` raised), unless a collected batch answered it with an error, which is raised instead."""
+
+    def __init__(self, side: Side, failures: dict[str, Failure]) -> None:
+        self.side = side
+        self.failures = failures
+        self.queued: dict[str, dict[str, Any]] = {}
+
+    def start(self) -> None:
+        """Nothing to open."""
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+
+    async def send(self, key: str, body: dict[str, Any], request: ChatRequest) -> Answer:
+        """Raise the failure a batch reported for this request, else queue it and raise AnswerDeferred."""
+        if not key:
+            raise UsageError("--batch needs the response cache: drop --no-cache")
+        failure = self.failures.pop(key, None)
+        if failure is not None:
+            status, message = failure
+            if status is None:
+                raise RequestRejected(message)
+            if status == HTTP_OK:  # answered, but not with a chat completion
+                raise UnreadableAnswer(message)
+            raise map_status(status, message, has_images=bool(request.images))
+        self.queued.setdefault(key, body)
+        raise AnswerDeferred()
 
 
-@dataclass
-class _Line:
-    """One answered (or failed) request of a batch's output or error file."""
-
-    body: Any = None
-    status: int | None = None
-    message: str = ""
-    resend: bool = False
-
-    @classmethod
-    def read(cls, raw: dict[str, Any]) -> _Line:
-        response = raw.get("response")
-        if isinstance(response, dict) and response.get("status_code") is not None:
-            status = int(response["status_code"])
-            body = response.get("body")
-            if status == 200:
-                return cls(body=body, status=200)
-            return cls(status=status, message=error_message_of(body))
-        error = raw.get("error") or {}
-        code = str(error.get("code") or "") if isinstance(error, dict) else ""
-        message = str(error.get("message") or "") if isinstance(error, dict) else str(error)
-        return cls(message=f"batch request failed ({code or 'no code'}): {message}", resend=code in RESEND_CODES)
-
-    def text(self, has_images: bool, usage: TokenUsage) -> str:
-        """The answer text; raises the EndpointError a live call would have raised."""
-        if self.status == 200:
-            text, prompt_tokens, completion_tokens, _finish = answer_fields(self.body)
-            usage.add_call(prompt_tokens, completion_tokens, False)
-            return text
-        if self.status is not None:
-            raise map_status(self.status, self.message, has_images=has_images)
-        raise RequestRejected(self.message)
-
-
-@dataclass
-class _RoundView:
-    """A round's files read without changing them: who was evolved, judged or dropped."""
-
-    evolved: dict[str, int] = field(default_factory=dict)
-    judged: set[str] = field(default_factory=set)
-    drops: dict[str, set[str]] = field(default_factory=dict)
-
-    def evolve_done(self) -> set[str]:
-        """Seeds whose evolution in this round has a result (a version or a drop)."""
-        return set(self.evolved) | {s for s, stages in self.drops.items() if "evolve" in stages}
-
-    def awaiting_judge(self) -> list[str]:
-        """Evolved seeds without a verdict, in evolved.jsonl's order."""
-        return [s for s in self.evolved if s not in self.judged and "judge" not in self.drops.get(s, set())]
-
-
-# ---------------------------------------------------------------------------------------------- the Batch API
-class _Remote:
-    """openai SDK clients for the Files and Batches APIs: one for the evolution endpoint, one for the judge's."""
+class Remote:
+    """openai SDK clients for the Files and Batches APIs of the evolution and judge endpoints."""
 
     def __init__(self, config: RunConfig) -> None:
-        self.settings: dict[Stage, EndpointSettings] = {
+        self.settings: dict[Side, EndpointSettings] = {
             "evolve": config.endpoint_settings(),
             "judge": config.judge_settings(),
         }
         for settings in self.settings.values():
             if settings.needs_key() and settings.key_value() is None:
                 raise UsageError(NO_KEY_MESSAGE)
-        self._clients: dict[tuple[str, str | None], OpenAI] = {}
+        self._clients: dict[Side, OpenAI] = {}
 
-    def client(self, stage: Stage) -> OpenAI:
-        """The SDK client of a stage's endpoint."""
-        settings = self.settings[stage]
-        key = (settings.base_url, settings.key_value())
-        if key not in self._clients:
-            self._clients[key] = OpenAI(
-                base_url=settings.base_url,
-                api_key=settings.key_value() or "no-key",
-                timeout=settings.timeout,
-                max_retries=settings.max_retries,
+    def client(self, side: Side) -> OpenAI:
+        """The SDK client of an endpoint."""
+        if side not in self._clients:
+            s = self.settings[side]
+            self._clients[side] = OpenAI(
+                base_url=s.base_url, api_key=s.key_value() or "no-key", timeout=s.timeout, max_retries=s.max_retries
             )
-        return self._clients[key]
+        return self._clients[side]
 
     @contextlib.contextmanager
-    def mapped(self, stage: Stage) -> Iterator[None]:
+    def mapped(self, side: Side) -> Iterator[None]:
         """Turn SDK exceptions into evolve's EndpointError, with the API key masked."""
         try:
             yield
         except EvolveError:
             raise
         except Exception as exc:
-            error = map_exception(exc, timeout=self.settings[stage].timeout)
-            key = self.settings[stage].key_value()
+            error = map_exception(exc, timeout=self.settings[side].timeout)
+            key = self.settings[side].key_value()
             if key and len(key) >= 4 and key in str(error):
                 error.args = (str(error).replace(key, "***"),)
             raise error from exc
@@ -316,583 +180,240 @@ class _Remote:
         self._clients.clear()
 
 
-# ---------------------------------------------------------------------------------------------- one invocation
-class _BatchRun:
-    """One invocation of `evolve run --batch` on one run folder (the caller holds the lock)."""
+@dataclass
+class Collected:
+    """What a finished batch gave: answers put into the cache, failures for this pass, requests to resend."""
+
+    answers: int = 0
+    failures: dict[str, Failure] = field(default_factory=dict)
+    resend: int = 0
+
+
+class BatchPool:
+    """One cron step of a Batch API run: poll, collect into the cache, run the pass, submit what is missing."""
+
+    mode: Mode = "batch"
 
     def __init__(
         self,
         config: RunConfig,
-        seeds: list[Path],
-        folder: RunFolder,
-        prompts: PromptSet,
-        message: Message,
-        max_requests: int,
-        max_bytes: int,
+        cache: ResponseCache,
+        *,
+        cancel: bool = False,
+        max_requests: int = MAX_BATCH_REQUESTS,
+        max_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
+        if max_requests < 1 or max_bytes < 1:
+            raise UsageError("batch limits must be positive")
         self.config = config
-        self.seeds = seeds
-        self.folder = folder
-        self.prompts = prompts
-        self.message = message
+        self.cache = cache
+        self.cancel = cancel
         self.max_requests = max_requests
         self.max_bytes = max_bytes
-        self.state_path = folder.root / STATE_FILE
-        self.work = folder.root / WORK_DIR
-        encoder = ImageEncoder(config.image_size)
-        self.encoder = encoder
-        # Clients are never started here: the context only serves the pure renderers of evolve.stages.
-        self.ctx = StageContext(
-            config,
-            prompts,
-            ChatClient(config.endpoint_settings(), NullCache()),
-            ChatClient(config.judge_settings(), NullCache()),
-            encoder,
-        )
-        self.remote = _Remote(config)
-        self.previous: dict[str, Any] = {}
-        self.print: dict[str, Any] = {}
+        self.remote = Remote(config)
 
-    # ------------------------------------------------------------------ state
-    def load_state(self) -> BatchState | None:
-        if not self.state_path.exists():
-            return None
+    async def run(self, run: Run, chains: Iterator[Any]) -> None:
+        """Poll and collect, then (unless batches are still running) the pass, then submit."""
+        folder = run.folder
+        state = load_state(folder)
         try:
-            return BatchState.model_validate_json(self.state_path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise UsageError(f"{self.state_path}: unreadable ({exc}); move it away to start over") from exc
-
-    def save_state(self, state: BatchState) -> None:
-        write_atomic(self.state_path, state.model_dump_json(indent=2) + "\n")
-
-    def fresh_state(self) -> BatchState:
-        """The first batch invocation: tidy up an interrupted live run, keep its token usage."""
-        for number in range(1, self.config.rounds + 1):
-            scan_round(self.folder, number, self.config.min_score)
-        usage = {key: dict(value.get("usage") or {}) for key, value in (self.previous.get("rounds") or {}).items()}
-        return BatchState(base_usage=usage)
-
-    # ------------------------------------------------------------------ the step
-    def step(self) -> BatchStep:
-        self.previous = self.folder.read_run_json() or {}
-        self.print = fingerprint(self.config, self.seeds, self.prompts)
-        check_fingerprint(self.previous.get("fingerprint"), self.print, self.folder.root)
-        state = self.load_state()
-        if state is None:
-            state = self.fresh_state()
-            self.save_state(state)
-        if state.stage == "done" and state.pending is None:
-            if state.round >= self.config.rounds:
-                summary = self.previous or self.write_summary(state, final=True)
-                return BatchStep("done", summary=summary)
-            state.round, state.stage = state.round + 1, "evolve"
-        try:
-            return self._step(state)
-        except FatalEndpointErrors as exc:
-            self.write_summary(state, status="failed", error=str(exc))
-            raise
+            if self.cancel:
+                self._cancel(run, state)
+                return
+            failures: dict[str, Failure] = {}
+            if state.pending:
+                self._poll(state)
+                if not all(b.status in TERMINAL for b in state.pending):
+                    run.waiting = True
+                    run.message(_pending_line(state))
+                    return
+                failures = self._collect(run, state).failures
+            transports = self._transports(failures)
+            await LocalPool(self._clients(transports), probe=False).run(run, chains)
+            self._submit(run, state, transports)
         finally:
+            save_state(folder, state)
+            run.manifest.batch = state.summary()
             self.remote.close()
 
-    def _step(self, state: BatchState) -> BatchStep:
-        collected: list[str] = []
-        if state.pending is not None:
-            pending = state.pending
-            self.poll(pending)
-            self.save_state(state)
-            if not all(b.status in TERMINAL for b in pending.batches):
-                self.write_summary(state)
-                step = BatchStep(
-                    "pending", pending.stage, pending.round, tuple(b.id for b in pending.batches),
-                    _joint_status(pending), _joint_counts(pending),
-                )  # fmt: skip
-                return step
-            record = self.collect(state, pending)
-            collected.append(
-                f"collected {record.stage} round {record.round}: {record.answered} answers, {record.failed} failed"
-                + (f", {record.resend} to send again" if record.resend else "")
-            )
-            self.write_summary(state)
-            failed_batches = [
-                f"{b.id}: {'; '.join(b.errors) or 'failed'}" for b in pending.batches if b.status == "failed"
-            ]
-            if failed_batches:
-                self.message(collected[-1])
-                raise EndpointError(
-                    f"batch failed ({' | '.join(failed_batches)}); the next invocation submits its requests again"
-                )
-            budget = self.config.max_failures
-            if budget is not None and record.failed > budget:
-                self.message(collected[-1])
-                raise FailureBudgetExceeded(
-                    f"{record.failed} samples failed, over --max-failures {budget}; "
-                    "fix the cause and run the same command again to go on"
-                )
-        return self.advance(state, tuple(collected))
+    # ------------------------------------------------------------------ the pass
+    def _transports(self, failures: dict[str, Failure]) -> dict[Side, BatchTransport]:
+        evolve = BatchTransport("evolve", failures)
+        same = self.remote.settings["evolve"].base_url == self.remote.settings["judge"].base_url
+        return {"evolve": evolve, "judge": evolve if same else BatchTransport("judge", failures)}
 
-    def advance(self, state: BatchState, collected: tuple[str, ...]) -> BatchStep:
-        """Submit the next stage that has requests, or finish the run."""
-        while state.round <= self.config.rounds:
-            stage: Stage = "judge" if state.stage == "judge" else "evolve"
-            files = self.write_inputs(stage, state.round)
-            if files:
-                pending = self.submit(state, stage, state.round, files)
-                self.write_summary(state)
-                step = BatchStep(
-                    "submitted", stage, state.round, tuple(b.id for b in pending.batches), _joint_status(pending),
-                    _joint_counts(pending), collected,
-                )  # fmt: skip
-                return step
-            if stage == "evolve":
-                state.stage = "judge"
-            else:
-                state.round, state.stage = state.round + 1, "evolve"
-            self.save_state(state)
-        state.round, state.stage = self.config.rounds, "done"
-        self.save_state(state)
-        summary = self.write_summary(state, final=True)
-        return BatchStep("done", collected=collected, summary=summary)
+    def _clients(self, transports: dict[Side, BatchTransport]) -> tuple[ChatClient, ChatClient]:
+        config = self.config
+        client = ChatClient(config.endpoint_settings(), self.cache, transport=transports["evolve"])
+        judge = ChatClient(config.judge_settings(), self.cache, transport=transports["judge"], usage=client.usage)
+        return client, judge
 
-    # ------------------------------------------------------------------ building requests
-    def kept_states(self, number: int) -> list[RoundState]:
-        """Where each seed's survivor of every round before `number` is (without changing the files)."""
-        states = []
-        for earlier in range(1, number):
-            state = RoundState(earlier)
-            for offset, record in iter_json_lines(self.folder.round_file(earlier, "kept")):
-                state.kept_offsets[record["seed_id"]] = offset
-            states.append(state)
-        return states
+    # ------------------------------------------------------------------ submitting
+    def _submit(self, run: Run, state: BatchState, transports: dict[Side, BatchTransport]) -> None:
+        """Queued requests → input files (one model each, split by count and size) → batches in batch.json."""
+        submitted = 0
+        for side, transport in {id(t): (s, t) for s, t in transports.items()}.values():
+            by_model: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+            for key, body in transport.queued.items():
+                by_model.setdefault(str(body["model"]), []).append((key, body))
+            for model, requests in by_model.items():
+                for path, count in self._write_inputs(run.folder, side, model, requests):
+                    state.pending.append(self._create(run, side, model, path, count))
+                    save_state(run.folder, state)  # a batch is recorded as soon as it exists
+                    path.unlink()
+                    submitted += count
+        if submitted:
+            run.waiting = True
+            run.message(f"submitted {submitted:,} requests in {len(state.pending)} batch(es): "
+                        f"{', '.join(b.id for b in state.pending)}")  # fmt: skip
 
-    def current(self, seed: Sample, states: list[RoundState]) -> Sample:
-        """The version of a seed a round starts from: its latest survivor, else the seed (as Runner._chain)."""
-        current = seed
-        for state in states:
-            current = state.kept_sample(self.folder, seed.seed_id) or current
-        return current
+    def _write_inputs(
+        self, folder: RunFolder, side: Side, model: str, requests: list[tuple[str, dict[str, Any]]]
+    ) -> Iterator[tuple[Any, int]]:
+        """Input files of at most max_requests lines and max_bytes bytes."""
+        folder.batch_dir.mkdir(parents=True, exist_ok=True)
+        part, size = 0, 0
+        lines: list[bytes] = []
+        for key, body in requests:
+            data = orjson.dumps({"custom_id": key.split(":", 1)[1], "method": "POST", "url": ENDPOINT, "body": body})
+            if lines and (len(lines) >= self.max_requests or size + len(data) + 1 > self.max_bytes):
+                yield self._flush(folder, side, model, part, lines), len(lines)
+                part, lines, size = part + 1, [], 0
+            lines.append(data)
+            size += len(data) + 1
+        if lines:
+            yield self._flush(folder, side, model, part, lines), len(lines)
 
-    def view(self, number: int) -> _RoundView:
-        view = _RoundView()
-        for name in ROUND_FILES:
-            repair_tail(self.folder.round_file(number, name))
-        for offset, record in iter_json_lines(self.folder.round_file(number, "evolved")):
-            view.evolved[record["seed_id"]] = offset
-        for _, record in iter_json_lines(self.folder.round_file(number, "judged")):
-            view.judged.add(record["seed_id"])
-        for _, record in iter_json_lines(self.folder.round_file(number, "dropped")):
-            view.drops.setdefault(record["seed_id"], set()).add(record["stage"])
-        return view
+    @staticmethod
+    def _flush(folder: RunFolder, side: Side, model: str, part: int, lines: list[bytes]) -> Any:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
+        path = folder.batch_file(f"{side}-{safe}-{now().replace(':', '')}-part{part + 1}.input.jsonl")
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        return path
 
-    def seeds_with(
-        self, number: int, wanted: Callable[[str], bool], rejected: list[Drop] | None = None
-    ) -> Iterator[tuple[Sample, Sample, Path | str | None]]:
-        """(seed, the version round `number` starts from, image) of the seeds `wanted` says yes to."""
-        states = self.kept_states(number)
-        for item in iter_seeds(self.seeds, self.config):
-            if isinstance(item, Drop):
-                if rejected is not None:
-                    rejected.append(item)
-                continue
-            sample, image = item
-            if wanted(sample.seed_id):
-                yield sample, self.current(sample, states), image
+    def _create(self, run: Run, side: Side, model: str, path: Any, count: int) -> RemoteBatch:
+        client = self.remote.client(side)
+        with self.remote.mapped(side), path.open("rb") as fp:
+            uploaded = client.files.create(file=(path.name, fp), purpose="batch")
+        with self.remote.mapped(side):
+            batch = client.batches.create(
+                input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h",
+                metadata={"tool": "evolve", "run": run.folder.root.name, "model": model},
+            )  # fmt: skip
+        return RemoteBatch(id=batch.id, side=side, model=model, input_file_id=uploaded.id, requests=count,
+                           status=batch.status)  # fmt: skip
 
-    def images(self, image: Path | str | None, stage: Stage) -> list[EncodedImage]:
-        send = self.config.images == "send" and (stage == "evolve" or self.config.judge_images)
-        if not send or image is None:
-            return []
-        if isinstance(image, str):
-            return [EncodedImage(url=image, key="url:" + image)]
-        return [self.encoder.encode(image)]
-
-    def evolve_requests(self, number: int, drops: list[Drop]) -> Iterator[tuple[str, dict[str, Any]]]:
-        """custom_id and body of round `number`'s evolution of every seed without a result in that round."""
-        done = self.view(number).evolve_done()
-        rejected: list[Drop] = []
-        settings = self.remote.settings["evolve"]
-        for seed, current, image in self.seeds_with(number, lambda seed_id: seed_id not in done, rejected):
-            operator, text = evolution_request(self.ctx, current, number)
-            try:
-                images = self.images(image, "evolve")
-            except ImageError as exc:
-                new_id = child_id(seed.seed_id, number)
-                drops.append(make_drop(current, new_id, number, "evolve", failure_reason(exc), operator))
-                continue
-            request = ChatRequest(system=self.prompts.system, text=text, images=images)
-            yield custom_id("evolve", seed.seed_id, number), request_body(settings, request)
-        with self.folder.rejected.open("w", encoding="utf-8") as fp:
-            for drop in rejected:
-                fp.write(drop.model_dump_json() + "\n")
-
-    def judge_requests(self, number: int, drops: list[Drop]) -> Iterator[tuple[str, dict[str, Any]]]:
-        """custom_id and body of the judging of every evolved sample of round `number` without a verdict."""
-        view = self.view(number)
-        waiting = view.awaiting_judge()
-        if not waiting:
-            return
-        settings = self.remote.settings["judge"]
-        found: dict[str, tuple[Sample, Path | str | None]] = {}
-        for seed, current, image in self.seeds_with(number, set(waiting).__contains__):
-            found[seed.seed_id] = (current, image)
-        evolved_path = self.folder.round_file(number, "evolved")
-        for seed_id in waiting:
-            if seed_id not in found:
-                self.message(f"{seed_id}: evolved in round {number} but no longer in the seed files; not judged")
-                continue
-            parent, image = found[seed_id]
-            child = read_sample_at(evolved_path, view.evolved[seed_id])
-            text = self.prompts.render_judge(parent, child)
-            try:
-                images = self.images(image, "judge")
-            except ImageError as exc:
-                reason = failure_reason(exc)
-                drops.append(make_drop(child, child.id, number, "judge", reason, child.operator, None, child))
-                continue
-            request = ChatRequest(system=self.prompts.system, text=text, images=images)
-            yield custom_id("judge", seed_id, number), request_body(settings, request)
-
-    def write_inputs(self, stage: Stage, number: int) -> list[tuple[Path, list[str]]]:
-        """Write a stage's requests as Batch input files (split by count and size); [] when there are none."""
-        drops: list[Drop] = []
-        requests = self.evolve_requests(number, drops) if stage == "evolve" else self.judge_requests(number, drops)
-        self.work.mkdir(parents=True, exist_ok=True)
-        files: list[tuple[Path, list[str]]] = []
-        fp = None
-        size = 0
-        try:
-            for cid, body in requests:
-                line = {"custom_id": cid, "method": "POST", "url": ENDPOINT, "body": body}
-                data = (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-                ids = files[-1][1] if files else []
-                if fp is None or len(ids) >= self.max_requests or (ids and size + len(data) > self.max_bytes):
-                    if fp is not None:
-                        fp.close()
-                    path = self.work / f"{stage}-r{number}-part{len(files) + 1}.input.jsonl"
-                    fp = path.open("wb")
-                    files.append((path, []))
-                    size = 0
-                fp.write(data)
-                files[-1][1].append(cid)
-                size += len(data)
-        finally:
-            if fp is not None:
-                fp.close()
-        if drops:
-            self.append(number, [], [], [], drops)
-        return files
-
-    def submit(self, state: BatchState, stage: Stage, number: int, files: list[tuple[Path, list[str]]]) -> PendingStage:
-        """Upload every input file and create its batch; batch.json records each batch as soon as it exists."""
-        client = self.remote.client(stage)
-        pending = PendingStage(stage=stage, round=number, submitted=_now())
-        for path, ids in files:
-            with self.remote.mapped(stage), path.open("rb") as fp:
-                uploaded = client.files.create(file=(path.name, fp), purpose="batch")
-            with self.remote.mapped(stage):
-                batch = client.batches.create(
-                    input_file_id=uploaded.id,
-                    endpoint=ENDPOINT,
-                    completion_window="24h",
-                    metadata={"tool": "evolve", "stage": stage, "round": str(number), "run": self.folder.root.name},
-                )
-            pending.batches.append(
-                RemoteBatch(id=batch.id, input_file_id=uploaded.id, custom_ids=ids, status=batch.status)
-            )
-            state.pending = pending
-            state.stage = stage
-            self.save_state(state)
-            path.unlink()
-        return pending
-
-    # ------------------------------------------------------------------ polling and collecting
-    def poll(self, pending: PendingStage) -> None:
-        """Ask the server about every unfinished batch of the pending stage."""
-        client = self.remote.client(pending.stage)
-        for record in pending.batches:
+    # ------------------------------------------------------------------ polling, collecting, cancelling
+    def _poll(self, state: BatchState) -> None:
+        for record in state.pending:
             if record.status in TERMINAL:
                 continue
-            with self.remote.mapped(pending.stage):
-                batch = client.batches.retrieve(record.id)
+            with self.remote.mapped(record.side):
+                batch = self.remote.client(record.side).batches.retrieve(record.id)
             record.status = batch.status
-            counts = batch.request_counts
-            if counts is not None:
-                record.counts = {"total": counts.total, "completed": counts.completed, "failed": counts.failed}
+            if batch.request_counts is not None:
+                c = batch.request_counts
+                record.counts = {"total": c.total, "completed": c.completed, "failed": c.failed}
             record.output_file_id = batch.output_file_id
             record.error_file_id = batch.error_file_id
             if batch.errors is not None and batch.errors.data:
                 record.errors = [f"{e.code or 'error'}: {e.message or ''}".strip() for e in batch.errors.data]
 
-    def download(self, stage: Stage, file_id: str) -> Iterator[dict[str, Any]]:
-        """The lines of a batch output or error file, kept in the run folder's batch/ for the record."""
-        path = self.work / f"{file_id}.jsonl"
+    def _download(self, folder: RunFolder, side: Side, file_id: str) -> Iterator[dict[str, Any]]:
+        """The lines of a batch output or error file (kept under batch/ for the record)."""
+        path = folder.batch_file(f"{file_id}.jsonl")
         if not path.exists():
-            with self.remote.mapped(stage):
-                data = self.remote.client(stage).files.content(file_id).content
-            self.work.mkdir(parents=True, exist_ok=True)
+            with self.remote.mapped(side):
+                data = self.remote.client(side).files.content(file_id).content
+            folder.batch_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_bytes(data)
             os.replace(tmp, path)
         for _, raw in iter_json_lines(path):
             yield raw
 
-    def results(self, pending: PendingStage) -> tuple[list[tuple[str, _Line]], int]:
-        """Every request of the pending stage with its line, in submission order; and how many to send again."""
-        found: list[tuple[str, _Line]] = []
-        resend = 0
-        for record in pending.batches:
-            lines: dict[str, _Line] = {}
+    def _collect(self, run: Run, state: BatchState) -> Collected:
+        """Answers of the finished batches into the cache (committed before batch.json forgets the batches)."""
+        found = Collected()
+        for record in state.pending:
             for file_id in (record.output_file_id, record.error_file_id):
-                if file_id:
-                    for raw in self.download(pending.stage, file_id):
-                        lines[str(raw.get("custom_id"))] = _Line.read(raw)
-            for cid in record.custom_ids:
-                line = lines.get(cid)
-                if line is None and record.status == "completed":
-                    line = _Line(message=f"no answer for this request in the output of batch {record.id}")
-                if line is None or line.resend:
-                    resend += 1
-                    continue
-                found.append((cid, line))
-        return found, resend
+                for raw in self._download(run.folder, record.side, file_id) if file_id else ():
+                    self._take(raw, found)
+            if record.status == "failed":
+                run.message(f"batch {record.id} failed ({'; '.join(record.errors) or 'no reason given'}); "
+                            "its requests are sent again")  # fmt: skip
+        self.cache.flush()
+        state.collected += len(state.pending)
+        state.answers += found.answers
+        state.failed += len(found.failures)
+        state.resent += found.resend
+        run.message(f"collected {len(state.pending)} batch(es): {found.answers:,} answers, "
+                    f"{len(found.failures):,} failed, {found.resend:,} to send again")  # fmt: skip
+        state.pending = []
+        return found
 
-    def collect(self, state: BatchState, pending: PendingStage) -> CollectedStage:
-        """Write the results of a finished stage into the round files; batch.json then forgets the batches."""
-        results, resend = self.results(pending)
-        usage = TokenUsage()
-        number = pending.round
-        wanted = {split_custom_id(cid)[1] for cid, _ in results}
-        versions = {
-            seed.seed_id: (current, image) for seed, current, image in self.seeds_with(number, wanted.__contains__)
-        }
-        if pending.stage == "evolve":
-            evolved, drops = self.evolve_results(number, results, versions, usage)
-            self.replace(number, wanted, ("evolved", "dropped"), evolved, [], [], drops)
-            failed = sum(d.stage == "evolve" for d in drops)
-        else:
-            judged, kept, drops = self.judge_results(number, results, versions, usage)
-            self.replace(number, wanted, ("judged", "kept", "dropped"), [], judged, kept, drops)
-            failed = sum(d.stage == "judge" for d in drops)
-        record = CollectedStage(
-            stage=pending.stage, round=number, batch_ids=[b.id for b in pending.batches], answered=len(results),
-            failed=failed, resend=resend, usage=usage.as_dict(), finished=_now(),
-        )  # fmt: skip
-        state.history.append(record)
-        state.pending = None
-        self.save_state(state)
-        return record
+    def _take(self, raw: dict[str, Any], found: Collected) -> None:
+        key = f"{KEY_VERSION}:{raw.get('custom_id')}"
+        response = raw.get("response")
+        if isinstance(response, dict) and response.get("status_code") is not None:
+            status = int(response["status_code"])
+            if status == 200:
+                try:
+                    answer = answer_fields(response.get("body"))
+                except EndpointError as exc:
+                    found.failures[key] = (HTTP_OK, str(exc))
+                    return
+                if answer.text or answer.refusal:
+                    self.cache.put(key, {**answer_record(answer), "batch": True})
+                    found.answers += 1
+                return
+            found.failures[key] = (status, error_message_of(response.get("body")))
+            return
+        error: dict[str, Any] = raw["error"] if isinstance(raw.get("error"), dict) else {}
+        code = str(error.get("code") or "")
+        if code in RESEND_CODES:
+            found.resend += 1
+            return
+        found.failures[key] = (None, f"batch request failed ({code or 'no code'}): {error.get('message', '')}")
 
-    def evolve_results(
-        self,
-        number: int,
-        results: list[tuple[str, _Line]],
-        versions: dict[str, tuple[Sample, Path | str | None]],
-        usage: TokenUsage,
-    ) -> tuple[list[Sample], list[Drop]]:
-        """The evolved versions and drops of an evolution batch (as stages.evolve_sample makes them)."""
-        evolved: list[Sample] = []
-        drops: list[Drop] = []
-        for cid, line in results:
-            seed_id = split_custom_id(cid)[1]
-            if seed_id not in versions:
-                self.message(f"{seed_id}: answered but no longer in the seed files; answer ignored")
-                continue
-            sample, image = versions[seed_id]
-            operator, _ = evolution_request(self.ctx, sample, number)
-            new_id = child_id(seed_id, number)
-            has_images = self.config.images == "send" and image is not None
-            try:
-                answer = line.text(has_images, usage)
-            except FatalEndpointErrors:
-                raise
-            except EndpointError as exc:
-                drops.append(make_drop(sample, new_id, number, "evolve", failure_reason(exc), operator))
-                continue
-            result = read_evolution(sample, number, operator, answer)
-            if isinstance(result, Drop):
-                drops.append(result)
-            else:
-                evolved.append(result)
-        return evolved, drops
-
-    def judge_results(
-        self,
-        number: int,
-        results: list[tuple[str, _Line]],
-        versions: dict[str, tuple[Sample, Path | str | None]],
-        usage: TokenUsage,
-    ) -> tuple[list[Sample], list[Sample], list[Drop]]:
-        """Judged samples, survivors and drops of a judge batch (as stages.judge_sample + apply_keep_rule)."""
-        view = self.view(number)
-        evolved_path = self.folder.round_file(number, "evolved")
-        judged: list[Sample] = []
-        kept: list[Sample] = []
-        drops: list[Drop] = []
-        send = self.config.images == "send" and self.config.judge_images
-        for cid, line in results:
-            seed_id = split_custom_id(cid)[1]
-            if seed_id not in versions or seed_id not in view.evolved:
-                self.message(f"{seed_id}: judged but its evolved version is gone; verdict ignored")
-                continue
-            child = read_sample_at(evolved_path, view.evolved[seed_id])
-            has_images = send and versions[seed_id][1] is not None
-            try:
-                answer = line.text(has_images, usage)
-            except FatalEndpointErrors:
-                raise
-            except EndpointError as exc:
-                reason = failure_reason(exc)
-                drops.append(make_drop(child, child.id, number, "judge", reason, child.operator, None, child))
-                continue
-            verdict = read_judgement(child, answer)
-            if isinstance(verdict, Drop):
-                drops.append(verdict)
-                continue
-            judged.append(verdict)
-            survivor, rejected = apply_keep_rule(verdict, self.config.min_score)
-            if survivor is not None:
-                kept.append(survivor)
-            if rejected is not None:
-                drops.append(rejected)
-        return judged, kept, drops
-
-    # ------------------------------------------------------------------ writing
-    def replace(
-        self,
-        number: int,
-        seed_ids: set[str],
-        names: tuple[str, ...],
-        evolved: list[Sample],
-        judged: list[Sample],
-        kept: list[Sample],
-        drops: list[Drop],
-    ) -> None:
-        """Remove the seeds' earlier lines from the named round files, then append the new ones."""
-        for name in names:
-            path = self.folder.round_file(number, name)
-            repair_tail(path)
-            purge_lines(path, seed_ids)
-        self.append(number, evolved, judged, kept, drops)
-
-    def append(
-        self, number: int, evolved: list[Sample], judged: list[Sample], kept: list[Sample], drops: list[Drop]
-    ) -> None:
-        files = AppendFiles()
-        try:
-            for name, records in (("evolved", evolved), ("judged", judged), ("kept", kept)):
-                for sample in records:
-                    files.write(self.folder.round_file(number, name), sample)
-            for drop in drops:
-                files.write(self.folder.round_file(number, "dropped"), drop)
-        finally:
-            files.close()
-
-    # ------------------------------------------------------------------ run.json
-    def write_summary(
-        self, state: BatchState, *, final: bool = False, status: str | None = None, error: str | None = None
-    ) -> dict[str, Any]:
-        """Write run.json (the live run's shape) from the round files and the usage batch.json holds."""
-        config = self.config
-        usages: dict[int, TokenUsage] = {}
-        for number in range(1, config.rounds + 1):
-            usages[number] = TokenUsage.from_dict(state.base_usage.get(str(number)))
-            for record in state.history:
-                if record.round == number:
-                    usages[number].merge(TokenUsage.from_dict(record.usage))
-        rounds, total, prices = round_summaries(self.folder, config, usages)
-        failures = sum(int(r["evolve_failed"]) + int(r["judge_failed"]) for r in rounds.values())
-        summary = dict(self.previous)
-        summary.update(
-            {
-                "tool": "evolve",
-                "version": __version__,
-                "created": summary.get("created", _now()),
-                "updated": _now(),
-                "status": status or ("running" if not final else "done_with_failures" if failures else "done"),
-                "mode": "batch",
-                "seeds": [str(p.resolve()) for p in self.seeds],
-                "config": config.public(),
-                "fingerprint": self.print,
-                "prompt_hashes": self.prompts.hashes(),
-                "prompt_sources": self.prompts.sources(),
-                "rng_seed": config.seed,
-                "rounds": rounds,
-                "rejected_seeds": sum(1 for _ in iter_json_lines(self.folder.rejected)),
-                "usage": total.as_dict(),
-                "cost_usd": estimate_cost(total, prices),
-                "prices_per_million": list(prices) if prices else None,
-                "batch": _batch_summary(state),
-            }
-        )
-        if final:
-            kept_files = [self.folder.round_file(n, "kept") for n in range(1, config.rounds + 1)]
-            summary["final_samples"] = concat_files(kept_files, self.folder.final)
-        summary.pop("error", None)
-        if error is not None:
-            summary["error"] = error
-        self.folder.write_run_json(summary)
-        self.previous = summary
-        return summary
+    def _cancel(self, run: Run, state: BatchState) -> None:
+        if not state.pending:
+            run.message("no batch is pending: nothing to cancel")
+            return
+        for record in state.pending:
+            if record.status not in TERMINAL:
+                with self.remote.mapped(record.side):
+                    record.status = self.remote.client(record.side).batches.cancel(record.id).status
+        run.message(f"cancelled {', '.join(b.id for b in state.pending)}; the next invocation sends their requests "
+                    "again")  # fmt: skip
+        state.pending = []
 
 
-def _joint_status(pending: PendingStage) -> str:
-    statuses = sorted({b.status for b in pending.batches})
-    return "/".join(statuses) or "submitting"
+def _pending_line(state: BatchState) -> str:
+    counts = state.summary()["pending"]["counts"]
+    ids = ", ".join(b.id for b in state.pending)
+    statuses = "/".join(sorted({b.status for b in state.pending}))
+    return f"batch {statuses}: {counts['completed']:,}/{counts['total']:,} done, {counts['failed']:,} failed ({ids})"
 
 
-def _joint_counts(pending: PendingStage) -> dict[str, int]:
-    counts = {"total": 0, "completed": 0, "failed": 0}
-    for record in pending.batches:
-        counts["total"] += record.counts.get("total") or len(record.custom_ids)
-        counts["completed"] += record.counts.get("completed", 0)
-        counts["failed"] += record.counts.get("failed", 0)
-    return counts
-
-
-def _batch_summary(state: BatchState) -> dict[str, Any]:
-    pending = state.pending
-    return {
-        "stage": state.stage,
-        "round": state.round,
-        "pending": None
-        if pending is None
-        else {
-            "stage": pending.stage,
-            "round": pending.round,
-            "batch_ids": [b.id for b in pending.batches],
-            "status": _joint_status(pending),
-            "counts": _joint_counts(pending),
-        },
-        "collected": len(state.history),
-    }
-
-
-def batch_step(
+async def run_batch(
     config: RunConfig,
-    seeds: list[Path],
-    out: Path,
+    seeds: list[Any],
+    out: Any,
     message: Message,
     *,
+    cancel: bool = False,
     max_requests: int = MAX_BATCH_REQUESTS,
     max_bytes: int = MAX_BATCH_BYTES,
-) -> BatchStep:
-    """One cron-safe step of a Batch API run: submit the next stage, report a pending one, or collect it.
-
-    The caller prints the returned step's `line()`; `message` only gets side notes (a seed gone from the
-    seed files, what was collected before an error is raised).
-
-    Raises RunLockedError when another invocation holds the run folder, UsageError for other settings than
-    the run folder's, EndpointError when the Batch API cannot be reached or a batch failed, and the fatal
-    endpoint errors (bad key, images refused) found in a batch's answers.
-    """
-    if not seeds:
-        raise UsageError("no seed files given")
-    for path in seeds:
-        if not path.is_file():
-            raise InputError(f"{path}: no such seed file")
-    if max_requests < 1 or max_bytes < 1:
-        raise UsageError("batch limits must be positive")
-    prompts = PromptSet.load(config.prompts)
-    folder = RunFolder(out)
-    with run_lock(folder):
-        run = _BatchRun(config, seeds, folder, prompts, message, max_requests, max_bytes)
-        return run.step()
+) -> RunManifest:
+    """One cron-safe step of a Batch API run; returns the manifest it wrote (status "waiting" while batches run)."""
+    if config.no_cache:
+        raise UsageError("--batch needs the response cache: drop --no-cache")
+    run = Run(config, seeds, out, message)
+    cache = run.open_cache()
+    assert isinstance(cache, ResponseCache)
+    try:
+        return await run.execute(BatchPool(config, cache, cancel=cancel, max_requests=max_requests,
+                                           max_bytes=max_bytes))  # fmt: skip
+    finally:
+        cache.close()

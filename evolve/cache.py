@@ -1,4 +1,4 @@
-"""The response cache: answers keyed by a hash of (model, messages, params), in one SQLite file.
+"""The response cache: answers keyed by a hash of the request's identity (`request_key`), in one SQLite file.
 
 Several processes may share one cache file (WAL mode, a 30 s busy timeout). Every put commits before it
 returns (in WAL mode with synchronous=NORMAL a commit is an append to the WAL file, tens of microseconds, no
@@ -8,9 +8,11 @@ The schema is built by named, append-only migrations recorded in `_migrations`: 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -23,7 +25,8 @@ from evolve.errors import EvolveError
 
 log = logging.getLogger("evolve.cache")
 
-KEY_VERSION = "v1"
+KEY_VERSION = "v2"
+LEGACY_KEY_VERSION = "v1"
 BUSY_TIMEOUT_MS = 30_000
 
 MIGRATIONS: tuple[tuple[str, str], ...] = (
@@ -39,34 +42,47 @@ class CacheError(EvolveError):
     """The cache file cannot be opened or written."""
 
 
-def request_key(model: str, system: str | None, text: str, image_keys: list[str], params: dict[str, Any]) -> str:
-    """A stable key for a request: `v1:` + SHA-256 of its canonical JSON (image *keys*, never image data).
+def request_key(identity: dict[str, Any]) -> str:
+    """A stable key for a request: `v2:` + SHA-256 of the canonical JSON of its identity.
 
-    The canonical JSON is ``json.dumps`` with sorted keys, compact separators and raw UTF-8. orjson writes
-    strings the same way ten times faster; the small ``params`` keep the stdlib's float format.
+    The identity names everything that decides the answer: the endpoint (without credentials), the model, the
+    sampling parameters, the messages' texts and image keys (never image data), the round and the attempt, so
+    a cache never answers for another endpoint, another round or a deliberate second attempt.
+    """
+    try:
+        data = orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # a lone surrogate: orjson refuses it, the stdlib writes it escaped
+        data = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode("ascii")
+    return f"{KEY_VERSION}:" + hashlib.sha256(data).hexdigest()
+
+
+def legacy_request_key(
+    model: str, system: str | None, text: str, image_keys: list[str], params: dict[str, Any]
+) -> str:
+    """The key of caches written before v2: `v1:` + SHA-256 of (model, messages, params) only.
+
+    The canonical JSON is ``json.dumps`` with sorted keys, compact separators and raw UTF-8.
     """
     params_json = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     digest = hashlib.sha256(b'{"images":' + _canonical_strings(image_keys))
     digest.update(b',"model":' + _canonical_strings(model) + b',"params":' + params_json)
     digest.update(b',"system":' + _canonical_strings(system))
     digest.update(b',"text":' + _canonical_strings(text) + b"}")
-    return f"{KEY_VERSION}:" + digest.hexdigest()
+    return f"{LEGACY_KEY_VERSION}:" + digest.hexdigest()
 
 
 def _canonical_strings(value: str | list[str] | None) -> bytes:
     """A string, a list of strings or None as canonical JSON bytes."""
     try:
         return orjson.dumps(value)
-    except TypeError:  # e.g. a lone surrogate: let the stdlib raise or write it as it always did
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except TypeError:  # e.g. a lone surrogate: let the stdlib write it escaped
+        return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 class Cache(Protocol):
-    """What the client needs from a cache."""
+    """What the client needs from a cache; `enabled` is False when nothing is kept (then nothing is hashed)."""
 
-    def request_key(
-        self, model: str, system: str | None, text: str, image_keys: list[str], params: dict[str, Any]
-    ) -> str: ...
+    enabled: bool
 
     def get(self, key: str) -> dict[str, Any] | None: ...
 
@@ -88,13 +104,24 @@ class ResponseCache:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(f"cannot write the response cache in {self.path.parent}: {exc.strerror}") from exc
         try:
             self._wdb = self._connect()
             self._migrate()
             self._rdb = self._connect()
         except sqlite3.Error as exc:
-            raise CacheError(f"cannot open the response cache {self.path}: {exc}") from exc
+            if not os.access(self.path.parent, os.W_OK):
+                raise CacheError(
+                    f"cannot write the response cache in {self.path.parent}: permission denied; make the folder "
+                    "writable or point --cache elsewhere"
+                ) from exc
+            raise CacheError(
+                f"cannot open the response cache {self.path}: {exc}; move it away (its answers are lost) "
+                "or point --cache elsewhere"
+            ) from exc
         self._state = threading.Lock()  # guards the two dicts below (held for microseconds)
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()  # one commit at a time
@@ -105,7 +132,7 @@ class ResponseCache:
         self.misses = 0
         self.commits = 0
 
-    request_key = staticmethod(request_key)
+    enabled = True
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
@@ -145,8 +172,11 @@ class ResponseCache:
         with self._state:
             raw = self._pending.get(key) or self._writing.get(key)
         if raw is None:
-            with self._read_lock:
-                row = self._rdb.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+            try:
+                with self._read_lock:
+                    row = self._rdb.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+            except sqlite3.Error as exc:
+                raise CacheError(f"cannot read the response cache {self.path}: {exc}") from exc
             raw = None if row is None else row[0]
         if raw is None:
             self.misses += 1
@@ -214,7 +244,9 @@ class ResponseCache:
                     )
                     self._wdb.execute("COMMIT")
                 except BaseException:
-                    self._wdb.execute("ROLLBACK")
+                    if self._wdb.in_transaction:  # SQLite may have rolled back already (a full disk does)
+                        with contextlib.suppress(sqlite3.Error):
+                            self._wdb.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
                 with self._state:  # keep the answers: a later flush tries again
@@ -227,13 +259,9 @@ class ResponseCache:
 
 
 class NullCache:
-    """The cache for `--no-cache`: remembers nothing (so it does not hash requests either)."""
+    """The cache for `--no-cache`: remembers nothing (so requests are not hashed either)."""
 
-    @staticmethod
-    def request_key(model: str, system: str | None, text: str, image_keys: list[str], params: dict[str, Any]) -> str:
-        """No key: nothing is looked up."""
-        return ""
-
+    enabled = False
     hits = 0
     misses = 0
 

@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from evolve.accounting import prices_for
 from evolve.cache import NullCache, ResponseCache
 from evolve.client import ChatClient
 from evolve.config import RunConfig
 from evolve.errors import ImageError, InputError, UsageError
 from evolve.images import ImageEncoder, resolve_image
+from evolve.manifest import read_manifest, summarize_rounds, write_manifest
 from evolve.prompts import PromptSet
-from evolve.records import Drop, Rejected, Sample, iter_raw, parse_record, read_samples
-from evolve.runfolder import AppendFiles, RunFolder, iter_json_lines, write_atomic
-from evolve.stages import StageContext, apply_keep_rule, failure_reason, judge_sample, make_drop
+from evolve.records import QAS, Drop, Outcome, Rejected, Sample, iter_raw, parse_record, read_samples
+from evolve.runfolder import AppendFiles, RunFolder, StageFiles, iter_json_lines, write_atomic, write_final
+from evolve.stages import StageContext, Work, failure_reason, judge_stage, keep_stage
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -117,81 +118,79 @@ def iter_pairs(
 
 
 class Eliminator:
-    """Judge (parent, child) pairs and write judged/kept/dropped into one folder."""
+    """Judge (parent, child) pairs with the round's judge stage and write judged/kept/dropped into one folder."""
 
     def __init__(self, config: RunConfig, out: Path, message: Callable[[str], None]) -> None:
         self.config = config
         self.out = out
         self.message = message
         self.result = EliminationResult()
-        self._names: tuple[str, str | None, str] = ("judged", "kept", "dropped")
+
+    def _targets(self, baseline: bool) -> dict[str, Path]:
+        """Where each kind of line goes: a baseline writes only baseline.jsonl and baseline-dropped.jsonl, so it
+        can sit in a run folder without touching the run's files."""
+        if baseline:
+            folder = RunFolder(self.out)
+            return {"judged": folder.baseline, "dropped": folder.baseline_dropped}
+        files = StageFiles(self.out)
+        return {name: files[name] for name in ("judged", "kept", "dropped")}
 
     async def run(
         self, pairs: Iterator[tuple[Sample, Sample]], image_base: Path, baseline: bool = False
     ) -> EliminationResult:
-        """Judge every pair; the files are written anew (the cache makes a re-run free).
-
-        A baseline (seeds against themselves) writes only `baseline.jsonl` and `baseline-dropped.jsonl`, so it
-        can sit in a run folder without touching the run's files.
-        """
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._names = ("baseline", None, "baseline-dropped") if baseline else ("judged", "kept", "dropped")
-        for name in self._names:
-            if name is not None:
-                (self.out / f"{name}.jsonl").unlink(missing_ok=True)
+        """Judge every pair; the files are written anew (the cache makes a re-run free)."""
+        targets = self._targets(baseline)
+        for path in targets.values():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
         prompts = PromptSet.load(self.config.prompts)
         cache: ResponseCache | NullCache = (
-            NullCache() if self.config.no_cache else ResponseCache(self.config.cache or self.out / "cache.sqlite")
+            NullCache() if self.config.no_cache else ResponseCache(self.config.cache or RunFolder(self.out).cache)
         )
         files = AppendFiles()
         client = ChatClient(self.config.judge_settings(), cache)
+        stages = [judge_stage] if baseline else [judge_stage, keep_stage]
         try:
             async with client:
                 ctx = StageContext(self.config, prompts, client, client, ImageEncoder(self.config.image_size))
 
-                async def judge(pair: tuple[Sample, Sample]) -> Sample | Drop:
+                async def judge(pair: tuple[Sample, Sample]) -> Work:
                     parent, child = pair
-                    image = None
+                    work = Work(child.seed_id, child.round, parent, None, operator=child.operator, child=child)
                     if self.config.images == "send" and child.image:
                         try:
-                            image = resolve_image(child.image, self.config.image_root, image_base)
+                            work.image = resolve_image(child.image, self.config.image_root, image_base)
                         except ImageError as exc:
-                            reason = failure_reason(exc)
-                            return make_drop(child, child.id, child.round, "judge", reason, child.operator)
-                    return await judge_sample(ctx, parent, child, image)
+                            work.fail("judge", exc)
+                            work.drop("judge", failure_reason(exc), child.qa, count=False)
+                            return work
+                    for stage in stages:
+                        await stage(ctx, work)
+                        if work.child is None:
+                            break
+                    return work
 
-                async for judged in bounded_map(pairs, judge, self.config.concurrency):
-                    self._record(files, judged)
+                async for work in bounded_map(pairs, judge, self.config.concurrency):
+                    self._count(work)
+                    for name, line in work.lines:
+                        if name in targets:
+                            files.write_line(targets[name], line)
                     files.flush()
         finally:
             files.close()
             cache.close()
         return self.result
 
-    def _record(self, files: AppendFiles, judged: Sample | Drop) -> None:
-        judged_name, kept_name, dropped_name = self._names
-        if isinstance(judged, Drop):
-            self.result.failed += 1
-            files.write(self.out / f"{dropped_name}.jsonl", judged)
-            return
-        files.write(self.out / f"{judged_name}.jsonl", judged)
-        self._count(judged)
-        if kept_name is None:
-            return
-        kept, rejected = apply_keep_rule(judged, self.config.min_score)
-        if kept is not None:
-            files.write(self.out / f"{kept_name}.jsonl", kept)
-        if rejected is not None:
-            files.write(self.out / f"{dropped_name}.jsonl", rejected)
-
-    def _count(self, judged: Sample) -> None:
+    def _count(self, work: Work) -> None:
         result = self.result
-        result.judged_samples += 1
-        result.judged_items += len(judged.qa)
-        result.improved_items += sum(1 for item in judged.qa if item.improved)
-        kept = [item for item in judged.qa if item.survives(self.config.min_score)]
-        result.kept_samples += bool(kept)
-        result.kept_items += len(kept)
+        if work.failed is not None:
+            result.failed += 1
+        judged = work.items.get("judged", 0)
+        result.judged_samples += judged > 0
+        result.judged_items += judged
+        result.improved_items += work.items.get("improved", 0)
+        result.kept_samples += work.items.get("kept", 0) > 0
+        result.kept_items += work.items.get("kept", 0)
 
 
 def eliminate(
@@ -213,10 +212,10 @@ def eliminate(
 def image_base(evolved: Path, parents_file: Path | None) -> Path:
     """The folder relative image paths start from: the seed file's (found through a run's run.json or
     --parents), else the evolved file's own."""
-    run_json = evolved.resolve().parent.parent / "run.json"
-    if run_json.exists():
-        with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
-            return Path(json.loads(run_json.read_text(encoding="utf-8"))["seeds"][0]).parent
+    run = RunFolder(evolved.resolve().parent.parent)
+    if run.run_json.exists():
+        with contextlib.suppress(ValueError, KeyError, IndexError, TypeError, UsageError):
+            return Path((run.read_run_json() or {})["seeds"][0]).parent
     return (parents_file or evolved).parent
 
 
@@ -236,38 +235,81 @@ def baseline(config: RunConfig, seeds: Path, out: Path, message: Callable[[str],
     return asyncio.run(eliminator.run(pairs(), seeds.parent, baseline=True))
 
 
-def rescore_folder(folder: Path, min_score: float) -> EliminationResult:
-    """Re-apply the keep rule to `judged.jsonl` in a folder (or every round of a run) without calls."""
-    run = RunFolder(folder)
-    targets = [run.round_dir(n) for n in run.rounds_present()] or [folder]
-    total = EliminationResult()
-    for target in targets:
-        judged_path = target / "judged.jsonl"
-        if not judged_path.exists():
-            raise UsageError(f"{target}: no judged.jsonl to re-score")
-        kept_lines: list[str] = []
-        drop_lines = [
-            Drop.model_validate(record).model_dump_json()
-            for _, record in iter_json_lines(target / "dropped.jsonl")
-            if record["stage"] != "eliminate"
-        ]
-        for _, record in iter_json_lines(judged_path):
-            judged = Sample.model_validate(record)
-            kept, rejected = apply_keep_rule(judged, min_score)
-            total.judged_samples += 1
-            total.judged_items += len(judged.qa)
-            total.improved_items += sum(1 for item in judged.qa if item.improved)
-            if kept is not None:
-                total.kept_samples += 1
-                total.kept_items += len(kept.qa)
-                kept_lines.append(kept.model_dump_json())
-            if rejected is not None:
-                drop_lines.append(rejected.model_dump_json())
-        write_atomic(target / "kept.jsonl", "".join(line + "\n" for line in kept_lines))
-        write_atomic(target / "dropped.jsonl", "".join(line + "\n" for line in drop_lines))
-    if run.rounds_present():
-        with contextlib.suppress(FileNotFoundError):
-            from evolve.runfolder import concat_files
+LATER_STAGES = ("verify", "dedup")
 
-            concat_files([run.round_file(n, "kept") for n in run.rounds_present()], run.final)
+
+def _later_drops(records: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(seed id, question) of the items stages after the judge dropped: a new threshold does not bring them back."""
+    return {
+        (record["seed_id"], item["question"])
+        for record in records
+        if record["stage"] in LATER_STAGES
+        for item in (record.get("sample") or {}).get("qa", [])
+    }
+
+
+def _rescore_round(files: StageFiles, min_score: float, total: EliminationResult) -> None:
+    """Re-apply the keep rule to one folder of judged/kept/dropped (and outcomes, when there)."""
+    if not files["judged"].exists():
+        raise UsageError(f"{files.folder}: no judged.jsonl to re-score")
+    dropped = [record for _, record in iter_json_lines(files["dropped"])]
+    later = _later_drops(dropped)
+    drop_lines = [Drop.model_validate(r).model_dump_json() for r in dropped if r["stage"] != "eliminate"]
+    kept_lines: list[str] = []
+    kept_items: dict[str, list[QAS]] = {}
+    eliminated: dict[str, int] = {}
+    for _, record in iter_json_lines(files["judged"]):
+        judged = Sample.model_validate(record)
+        alive = [i for i in judged.qa if (judged.seed_id, i.question) not in later]
+        kept = [i for i in alive if i.survives(min_score)]
+        rejected = [i for i in alive if not i.survives(min_score)]
+        total.judged_samples += 1
+        total.judged_items += len(judged.qa)
+        total.improved_items += sum(1 for item in judged.qa if item.improved)
+        kept_items[judged.seed_id] = kept
+        eliminated[judged.seed_id] = len(rejected)
+        if kept:
+            total.kept_samples += 1
+            total.kept_items += len(kept)
+            kept_lines.append(judged.model_copy(update={"qa": kept}).model_dump_json())
+        if rejected:
+            reason = f"{len(rejected)} of {len(judged.qa)} rewrites rejected at --min-score {min_score:g} (re-scored)"
+            drop = Drop(id=judged.id, seed_id=judged.seed_id, round=judged.round, stage="eliminate", reason=reason,
+                        operator=judged.operator, sample=judged.model_copy(update={"qa": rejected}))  # fmt: skip
+            drop_lines.append(drop.model_dump_json())
+    write_atomic(files["kept"], "".join(line + "\n" for line in kept_lines))
+    write_atomic(files["dropped"], "".join(line + "\n" for line in drop_lines))
+    if "outcomes" in files.names and files["outcomes"].exists():
+        outcomes = []
+        for _, record in iter_json_lines(files["outcomes"]):
+            outcome = Outcome.model_validate(record)
+            if outcome.seed_id in kept_items:
+                items = kept_items[outcome.seed_id]
+                outcome.kept = bool(items)
+                outcome.items["kept"] = len(items)
+                outcome.items["dropped_eliminate"] = eliminated[outcome.seed_id]
+                outcome.scores = [float(i.score) for i in items if i.score is not None]
+            outcomes.append(outcome.model_dump_json())
+        write_atomic(files["outcomes"], "".join(line + "\n" for line in outcomes))
+
+
+def rescore_folder(folder: Path, min_score: float) -> EliminationResult:
+    """Re-apply the keep rule to `judged.jsonl` in a folder (or every round of a run) without calls; items later
+    stages dropped stay dropped, and later rounds are not redone."""
+    run = RunFolder(folder)
+    rounds = [n for n in run.rounds_present() if n > 0]
+    total = EliminationResult()
+    for files in [run.round(n) for n in rounds] or [StageFiles(folder)]:
+        _rescore_round(files, min_score, total)
+    manifest = read_manifest(run) if rounds else None
+    if manifest is not None:
+        config = manifest.config
+        prices = prices_for(str(config.get("model")), config.get("price_in"), config.get("price_out"),
+                            config.get("price_cached_in"))  # fmt: skip
+        config["min_score"] = min_score
+        summarize_rounds(run, range(min(run.rounds_present()), max(rounds) + 1), prices, manifest)
+        manifest.final_samples = write_final(run, max(rounds))
+        write_manifest(run, manifest)
+    elif rounds:
+        write_final(run, max(rounds))
     return total

@@ -8,14 +8,18 @@
     │       └── ImageMissingError    an image file that does not exist
     ├── EndpointError                the model endpoint failed; exit 1
     │   ├── AuthenticationError      401/403: the key is wrong, the run stops at once
-    │   ├── ImageInputRejected       the endpoint does not take images
+    │   ├── ImageInputRejected       the endpoint does not take images, the run stops at once
+    │   ├── EndpointUnreachable      refused, DNS, TLS, silent: the run stops at once
     │   ├── RequestRejected          400/404 and other answers not worth retrying
+    │   ├── UnreadableAnswer         a 200 whose body is not a chat completion: counted once, not retried
     │   └── TransientEndpointError   429, 5xx, timeouts, resets: retried
     ├── AnswerParseError             a model answer that cannot be read, with its raw text
     ├── MissingModelError            a spaCy or benepar model is not installed
     ├── FailureBudgetExceeded        more failed samples than --max-failures; exit 3
     ├── RunLockedError               another run holds the run folder's lock; exit 4
-    └── Interrupted                  SIGINT/SIGTERM stopped the run cleanly; exit 130/143
+    └── Interrupted                  SIGINT/SIGTERM/SIGHUP stopped the run cleanly; exit 128 + signal
+
+    AnswerDeferred                   not an error: the answer will come from a Batch API batch
 
 Only `evolve.cli` turns these into exit codes; the core raises them and never exits.
 """
@@ -74,16 +78,33 @@ class ImageInputRejected(EndpointError):
     """The endpoint rejected a request because it carried an image."""
 
 
+class EndpointUnreachable(EndpointError):
+    """The endpoint cannot be reached at all (connection refused, DNS, TLS, no answer): nothing else will work."""
+
+
 class RequestRejected(EndpointError):
     """An answer that retrying cannot fix (400, 404, 422 ...)."""
 
 
-class TransientEndpointError(EndpointError):
-    """429, 5xx, timeouts and connection errors: worth retrying after `retry_after` seconds if given."""
+class UnreadableAnswer(EndpointError):
+    """A 200 whose body is not JSON, not UTF-8 or not a chat completion: an answer (maybe billed), not retried."""
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+
+class TransientEndpointError(EndpointError):
+    """429, 5xx, timeouts and connection errors: worth retrying after `retry_after` seconds if given;
+    `connection` marks a connection that could not be made (the breaker counts those)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        connection: bool = False,
+    ) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
+        self.connection = connection
 
 
 class AnswerParseError(EvolveError):
@@ -121,5 +142,10 @@ class Interrupted(EvolveError):
         self.exit_code = 128 + signal_number
 
 
-FatalEndpointErrors = (AuthenticationError, ImageInputRejected)
+class AnswerDeferred(Exception):
+    """A request was queued for the Batch API: its sample-round ends here, unrecorded, and a later invocation
+    completes it from the response cache once the batch is collected."""
+
+
+FatalEndpointErrors = (AuthenticationError, ImageInputRejected, EndpointUnreachable)
 """Endpoint errors that stop the whole run: every further request would fail the same way."""

@@ -5,6 +5,9 @@ Each id is kept as a 64-bit blake2b digest: the latest ones in a Python set, old
 times). A Python `set[str]` costs ~120 bytes per id (1M ids: ~120 MB); this costs ~8 plus one merge's
 copy (1M ids: ~16 MB at the peak). Two different ids share a digest with probability about n² / 2⁶⁵
 (2.7e-8 for a million ids); such an id would be treated as a duplicate and get a `~2` suffix.
+
+`OffsetIndex` maps ids to byte offsets of JSONL lines the same way, in 16 bytes per line (for exports that join
+a run's seeds with each round's kept records without loading them).
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import hashlib
 import heapq
 from array import array
 from bisect import bisect_left
+from collections.abc import Iterable
+
+import numpy as np
 
 MERGE_EVERY = 1 << 14
 
@@ -57,3 +63,32 @@ class CompactIdSet:
         while self._runs and len(self._runs[-1]) <= len(run):
             run = array("Q", heapq.merge(self._runs.pop(), run))
         self._runs.append(run)
+
+
+class OffsetIndex:
+    """Byte offsets of the lines of a JSONL file by a string key (a seed id), in 16 bytes per line.
+
+    Keys are kept as 64-bit digests in one sorted array beside their offsets; `offsets(key)` gives every
+    offset whose digest matches, so a caller that reads the line can tell a digest collision apart.
+    """
+
+    def __init__(self, pairs: Iterable[tuple[str, int]]) -> None:
+        digests = array("Q")
+        offsets = array("Q")
+        for key, offset in pairs:
+            digests.append(_digest(key))
+            offsets.append(offset)
+        keys = np.frombuffer(digests, dtype=np.uint64) if digests else np.zeros(0, dtype=np.uint64)
+        order = np.argsort(keys, kind="stable")
+        self._digests = keys[order]
+        self._offsets = (np.frombuffer(offsets, dtype=np.uint64) if offsets else np.zeros(0, np.uint64))[order]
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def offsets(self, key: str) -> list[int]:
+        """The offsets of the lines that may hold `key` (usually one, or none)."""
+        digest = np.uint64(_digest(key))
+        start = int(np.searchsorted(self._digests, digest, side="left"))
+        end = int(np.searchsorted(self._digests, digest, side="right"))
+        return [int(offset) for offset in self._offsets[start:end]]

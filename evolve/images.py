@@ -25,8 +25,12 @@ from evolve.errors import ImageError, ImageMissingError
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 """Largest image file accepted (bytes)."""
-INLINE_LIMIT = 256 * 1024
-"""Files up to this size are encoded on the event loop; bigger ones in a worker thread."""
+MAX_PIXELS = 40_000_000
+"""Largest image accepted (width × height): a small file can hold a huge picture, and decoding one costs
+4 bytes a pixel. Checked from the header, before anything is decoded."""
+DECODES_AT_ONCE = 2
+"""Images decoded at the same time (each in a worker thread, never on the event loop)."""
+_decoding = threading.BoundedSemaphore(DECODES_AT_ONCE)
 REMOTE_PREFIXES = ("http://", "https://", "data:")
 
 
@@ -95,6 +99,7 @@ def check_image(path: Path, max_bytes: int = MAX_IMAGE_BYTES) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
+                check_pixels(img.size, path)
                 img.verify()
                 jpeg = img.format == "JPEG"
             if jpeg:  # verify() does not read JPEG data: decode a small draft to catch truncated files
@@ -109,6 +114,15 @@ def check_image(path: Path, max_bytes: int = MAX_IMAGE_BYTES) -> None:
         raise ImageError(f"image cannot be read: {path}: {exc}") from exc
     except (SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"corrupt image: {path}: {exc}") from None
+
+
+def check_pixels(size: tuple[int, int], path: Path | str) -> None:
+    """Raise `ImageError` for a picture over the pixel budget (read from the header: nothing is decoded)."""
+    width, height = size
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"image too large: {path} is {width}×{height} px, over the {MAX_PIXELS / 1e6:g} MP limit; shrink it first"
+        )
 
 
 class ImageEncoder:
@@ -165,23 +179,18 @@ class ImageEncoder:
         return result
 
     async def aencode(self, path: Path | str) -> EncodedImage:
-        """`encode` without blocking the event loop on big files (> 256 KB go to a thread)."""
+        """`encode` without blocking the event loop: a hit is answered here, a miss is read, hashed and decoded
+        in a worker thread."""
         if isinstance(path, str) and is_remote(path):
             return remote_image(path)
         path = Path(path)
-        try:
-            size = path.stat().st_size
-        except OSError:
-            size = 0  # encode() raises the proper ImageError
-        if size > INLINE_LIMIT:
-            stat_key = self._stat_key(path)
-            with self._lock:
-                key = self._by_stat.get(stat_key) if stat_key else None
-                hit = self._by_key.get(key) if key else None
-            if hit is not None:
-                return hit
-            return await asyncio.to_thread(self.encode, path)
-        return self.encode(path)
+        stat_key = self._stat_key(path)
+        with self._lock:
+            key = self._by_stat.get(stat_key) if stat_key else None
+            hit = self._by_key.get(key) if key else None
+        if hit is not None:
+            return hit
+        return await asyncio.to_thread(self.encode, path)
 
     # internals ---------------------------------------------------------------------------------
     @staticmethod
@@ -207,9 +216,10 @@ class ImageEncoder:
 
     def _to_data_url(self, path: Path, data: bytes) -> str:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _decoding:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(io.BytesIO(data)) as img:
+                    check_pixels(img.size, path)
                     side = self.max_side
                     if img.format == "JPEG":
                         img.draft("RGB", (side, side))  # decode at reduced scale: much cheaper

@@ -1,38 +1,37 @@
 """`evolve merge`: join shard run folders (`--shard K/N`, `--workers N`) into one run folder.
 
 The shards must share every setting that decides records (the run.json fingerprint) except the shard itself;
-their rounds, final.jsonl and usage are concatenated and summed.
+their round files (outcomes included), final.jsonl and rejected seeds are concatenated, and the merged run.json
+is summarized from the merged outcome lines, like any run's.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from evolve.accounting import TokenUsage
+from evolve.accounting import prices_for
 from evolve.errors import UsageError
-from evolve.runfolder import ROUND_FILES, RunFolder, concat_files, round_stats
+from evolve.manifest import Mode, RunManifest, read_manifest, summarize_rounds, write_manifest
+from evolve.runfolder import RunFolder, concat_files, write_final
 
-_SUMMED = ("rejected_seeds",)
 
-
-def _fingerprint_without_shard(summary: dict[str, Any]) -> dict[str, Any]:
-    found = dict(summary.get("fingerprint") or {})
+def _without_shard(manifest: RunManifest) -> dict[str, Any]:
+    found = dict(manifest.fingerprint)
     found.pop("shard", None)
     return found
 
 
-def check_shards(summaries: list[tuple[Path, dict[str, Any]]]) -> None:
+def check_shards(manifests: list[tuple[Path, RunManifest]]) -> None:
     """Refuse shards made with other settings or seeds, or an incomplete/duplicated set of shards."""
-    first_path, first = summaries[0]
-    reference = _fingerprint_without_shard(first)
-    for path, summary in summaries[1:]:
-        other = _fingerprint_without_shard(summary)
+    first_path, first = manifests[0]
+    reference = _without_shard(first)
+    for path, manifest in manifests[1:]:
+        other = _without_shard(manifest)
         for key in sorted(set(reference) | set(other)):
             if reference.get(key) != other.get(key):
                 raise UsageError(f"{path} and {first_path} were run with different {key}; cannot merge")
-    shards = [(s.get("fingerprint") or {}).get("shard") for _, s in summaries]
+    shards = [m.fingerprint.get("shard") for _, m in manifests]
     if any(shards):
         if None in shards or len(set(shards)) != len(shards):
             raise UsageError("cannot merge: a shard is given twice, or sharded and unsharded runs are mixed")
@@ -41,61 +40,38 @@ def check_shards(summaries: list[tuple[Path, dict[str, Any]]]) -> None:
             raise UsageError(f"cannot merge: expected every shard K/N once, got {', '.join(map(str, shards))}")
 
 
-def merge_runs(sources: list[Path], target: Path) -> dict[str, Any]:
-    """Merge shard run folders into `target`; returns the merged run.json."""
+def merge_runs(sources: list[Path], target: Path, *, mode: Mode = "merged") -> RunManifest:
+    """Merge shard run folders into `target`; returns the merged manifest."""
     if not sources:
         raise UsageError("no run folders to merge")
-    summaries: list[tuple[Path, dict[str, Any]]] = []
+    manifests: list[tuple[Path, RunManifest]] = []
     for source in sources:
-        summary = RunFolder(source).read_run_json()
-        if summary is None:
+        manifest = read_manifest(RunFolder(source))
+        if manifest is None:
             raise UsageError(f"{source}: not a run folder (no run.json)")
-        if summary.get("status") not in ("done", "done_with_failures"):
-            raise UsageError(f"{source}: run is {summary.get('status')}, finish it before merging")
-        summaries.append((source, summary))
-    check_shards(summaries)
+        if manifest.status not in ("done", "done_with_failures"):
+            raise UsageError(f"{source}: run is {manifest.status}, finish it before merging")
+        manifests.append((source, manifest))
+    check_shards(manifests)
     out = RunFolder(target)
-    rounds = max(int(n) for _, s in summaries for n in s.get("rounds", {})) if summaries else 0
-    for number in range(1, rounds + 1):
-        for name in ROUND_FILES:
-            concat_files([RunFolder(p).round_file(number, name) for p in sources], out.round_file(number, name))
-    concat_files([RunFolder(p).rejected for p in sources], out.rejected)
-    final_count = concat_files([RunFolder(p).final for p in sources], out.final)
-    merged = _merged_summary(summaries, rounds, final_count)
-    for number, part in merged["rounds"].items():
-        part.update(round_stats(out, int(number)))
-    out.write_run_json(merged)
+    shards = [RunFolder(p) for p in sources]
+    numbers = sorted({n for folder in shards for n in folder.rounds_present()})
+    for number in numbers:
+        for name in out.round(number).names:
+            concat_files((folder.round_file(number, name) for folder in shards), out.round_file(number, name))
+    concat_files((folder.rejected for folder in shards), out.rejected)
+    merged = manifests[0][1].model_copy()
+    config = merged.config
+    rounds = int(config.get("rounds") or max(numbers or [0]))
+    prices = prices_for(str(config.get("model")), config.get("price_in"), config.get("price_out"),
+                        config.get("price_cached_in"))  # fmt: skip
+    summarize_rounds(out, range(min(numbers or [1]), rounds + 1), prices, merged)
+    merged.final_samples = write_final(out, rounds)
+    merged.rejected_seeds = sum(m.rejected_seeds for _, m in manifests)
+    merged.status = merged.finished()
+    merged.mode = mode
+    merged.merged_from = [str(p) for p in sources]
+    merged.fingerprint = {**merged.fingerprint, "shard": None}
+    merged.config = {**config, "shard": None}
+    write_manifest(out, merged)
     return merged
-
-
-def _merged_summary(summaries: list[tuple[Path, dict[str, Any]]], rounds: int, final: int) -> dict[str, Any]:
-    first = dict(summaries[0][1])
-    total = TokenUsage()
-    merged_rounds: dict[str, Any] = {}
-    for number in range(1, rounds + 1):
-        usage = TokenUsage()
-        cost: float | None = None
-        for _, summary in summaries:
-            part = summary.get("rounds", {}).get(str(number), {})
-            usage.merge(TokenUsage.from_dict(part.get("usage")))
-            if part.get("cost_usd") is not None:
-                cost = (cost or 0.0) + float(part["cost_usd"])
-        total.merge(usage)
-        merged_rounds[str(number)] = {"usage": usage.as_dict(), "cost_usd": cost}
-    costs = [float(s["cost_usd"]) for _, s in summaries if s.get("cost_usd") is not None]
-    first.update(
-        {
-            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
-            "status": "done" if all(s.get("status") == "done" for _, s in summaries) else "done_with_failures",
-            "merged_from": [str(p) for p, _ in summaries],
-            "rounds": merged_rounds,
-            "final_samples": final,
-            "usage": total.as_dict(),
-            "cost_usd": sum(costs) if costs else None,
-        }
-    )
-    first["fingerprint"] = {**(first.get("fingerprint") or {}), "shard": None}
-    first["config"] = {**(first.get("config") or {}), "shard": None}
-    for key in _SUMMED:
-        first[key] = sum(int(s.get(key) or 0) for _, s in summaries)
-    return first

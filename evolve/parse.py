@@ -1,4 +1,5 @@
-"""Tolerant extraction of Q&A&S items and judge verdicts from model answers (pure functions, no I/O).
+"""Tolerant extraction of model answers (pure functions, no I/O): Q&A&S items, judge verdicts,
+annotations (objects, skills, steps per item), claims per item and verdicts per claim.
 
 A model is asked for a JSON array but answers with fences, prose, comments, trailing commas, curly or
 single quotes, triple-quoted strings, wrapper objects, or an answer cut off by the token limit. The flow:
@@ -10,6 +11,10 @@ single quotes, triple-quoted strings, wrapper objects, or an answer cut off by t
    quotes rewritten as JSON strings, comments and trailing commas removed, Python literals mapped), then
    with ``json_repair``; whatever a repair produced is kept only if it validates (a QAS with a question
    or an answer, or a verdict).
+
+Answers about given items (annotations, claims, claim verdicts) are matched to the items by position:
+by each element's own ``index`` (or ``id``) when every element has a distinct one, else in order; an
+item with no readable element gets the empty value (None, [] or None).
 """
 
 from __future__ import annotations
@@ -24,10 +29,10 @@ from typing import Any, Generic, TypeVar
 
 import json_repair
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from evolve.errors import AnswerParseError
-from evolve.records import QAS
+from evolve.records import QAS, Step
 
 T = TypeVar("T")
 Looks = Callable[[dict[str, Any]], bool]
@@ -48,7 +53,21 @@ _STRING_END = {
 _CLOSE_FOLLOW = frozenset(",:}]/\n")
 _MAX_CANDIDATES = 8
 _VERDICT_FIELDS = ("improved", "score", "reason")
-_PREFERRED = re.compile(r"rewrit|evolv|new|output|result|verdict", re.IGNORECASE)
+_PREFERRED = re.compile(r"rewrit|evolv|new|output|result|verdict|annotat|claim", re.IGNORECASE)
+_ANNOTATION_FIELDS = frozenset({"objects", "skills", "steps"})
+_CLAIM_FIELDS = frozenset({"claims", "claim_list", "facts"})
+_VERDICT_WORD_FIELDS = ("verdict", "answer", "label", "result", "judgement", "judgment", "value")
+_INDEX_FIELDS = ("index", "id", "item", "number", "claim_id", "n")
+_BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s*")
+_UNSURE = re.compile(r"\W*(?:unsure|not sure|uncertain|unknown|unclear|undetermined|cannot|can't|can not|maybe|n/a)\b")
+_YES_WORDS = frozenset({"yes", "y", "true", "correct", "supported", "right", "confirmed"})
+_NO_WORDS = frozenset({"no", "n", "false", "incorrect", "wrong", "unsupported", "contradicted", "refuted"})
+
+SKILLS: tuple[str, ...] = (
+    "Grounding", "Referencing", "Calculating", "OCR", "Existence", "Relationship Description",
+    "Context Understanding", "Behaviour Prediction", "Knowledge Integration",
+)  # fmt: skip
+_SKILL_NAMES = {name.lower(): name for name in SKILLS} | {"behavior prediction": "Behaviour Prediction"}
 
 
 # --------------------------------------------------------------------------- public models
@@ -112,6 +131,62 @@ class Verdict(BaseModel):
         return "" if value is None else _joined(value)
 
 
+def _name_list(value: Any) -> Any:
+    """Objects or skills as a list of names: a lone string, a comma list or None are accepted."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list):
+        return [_joined(v).strip() for v in value if v is not None and _joined(v).strip()]
+    return value
+
+
+class Annotation(BaseModel):
+    """What the annotator filled in for one item: the objects, skills and solution steps."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    objects: list[str] = Field(default_factory=list)
+    skills: list[str] = Field(default_factory=list)
+    steps: list[Step] = Field(default_factory=list)
+
+    @field_validator("objects", mode="before")
+    @classmethod
+    def _objects(cls, value: Any) -> Any:
+        return _name_list(value)
+
+    @field_validator("skills", mode="before")
+    @classmethod
+    def _skills(cls, value: Any) -> Any:
+        names = _name_list(value)
+        if not isinstance(names, list):
+            return names
+        return list(dict.fromkeys(_SKILL_NAMES.get(n.lower(), n) for n in names))
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _step_list(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [{"description": value}] if value.strip() else []
+        if isinstance(value, dict):
+            return [value]
+        if isinstance(value, list):
+            return [{"description": v} if isinstance(v, str) else v for v in value if v is not None]
+        return value
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing was filled in (the model could not annotate the item)."""
+        return not (self.objects or self.skills or self.steps)
+
+    def apply(self, item: QAS) -> QAS:
+        """`item` with these objects, skills and steps; its question and answer untouched."""
+        return item.model_copy(update={"objects": self.objects, "skills": self.skills, "steps": self.steps})
+
+
 # --------------------------------------------------------------------------- public functions
 
 
@@ -141,6 +216,102 @@ def parse_verdicts_detailed(text: str, expected: int) -> ParseResult[Verdict]:
         skipped = f" ({result.dropped} more unreadable)" if result.dropped else ""
         raise AnswerParseError(f"judge returned {found} verdicts for {expected} rewrites{skipped}", raw=text)
     return result
+
+
+def parse_annotations(text: str, n_items: int) -> list[Annotation | None]:
+    """One annotation per given item, position-matched; None for an item the model could not annotate
+    (empty lists, an unreadable element, or cut off). Raises AnswerParseError when none can be read."""
+    result = _extract(text, _looks_like_annotation, _validate_annotation, "annotation")
+    return _place(result.items, n_items, lambda: None)
+
+
+def parse_claims(text: str, n_items: int) -> list[list[str]]:
+    """The claims of each given item, position-matched ([] where none were read). Raises
+    AnswerParseError when the answer holds no claims element at all."""
+    result = _extract(text, _looks_like_claims, _validate_claims, "claims")
+    return _place(result.items, n_items, list)
+
+
+def parse_claim_verdicts(text: str, n_claims: int) -> list[bool | None]:
+    """One verdict per claim, position-matched: True (yes), False (no) or None (unsure, or unread).
+    Also reads a bare JSON array of words. Raises AnswerParseError when no verdict can be read."""
+    try:
+        result = _extract(text, _looks_like_claim_verdict, _validate_claim_verdict, "claim verdict")
+    except AnswerParseError:
+        words = _word_array(text)
+        if words is None:
+            raise
+        return _place([_Indexed(None, _verdict_word(w)) for w in words], n_claims, lambda: None)
+    return _place(result.items, n_claims, lambda: None)
+
+
+@dataclass(frozen=True)
+class _Indexed(Generic[T]):
+    """An element read from an answer about numbered items, with the number it gave itself (if any)."""
+
+    index: int | None
+    value: T
+
+
+def _place(found: list[_Indexed[T]], n: int, empty: Callable[[], T]) -> list[T]:
+    """Position-match elements to n items: by their own numbers when every element has a distinct
+    one in 1..n (or 0..n-1), else in order; items with no element get ``empty()``."""
+    out = [empty() for _ in range(n)]
+    numbers = [f.index for f in found]
+    if found and None not in numbers and len(set(numbers)) == len(numbers):
+        known = [i for i in numbers if i is not None]
+        base = 0 if min(known) == 0 else 1
+        if all(0 <= i - base < n for i in known):
+            for element, number in zip(found, known, strict=True):
+                out[number - base] = element.value
+            return out
+    for position, element in enumerate(found[:n]):
+        out[position] = element.value
+    return out
+
+
+def _number(item: dict[str, Any]) -> int | None:
+    """The item number an element gives itself (``index``, ``id`` ...), if it is an integer."""
+    for name in _INDEX_FIELDS:
+        value = item.get(name)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value.strip())
+    return None
+
+
+def _verdict_word(value: Any) -> bool | None:
+    """yes / no / unsure (and their usual variants) as True / False / None; anything else is None."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        return bool(value) if value in (0, 1) else None
+    text = str(value).strip().lower()
+    if _UNSURE.match(text):
+        return None
+    word = re.match(r"\W*([a-z]+)", text)
+    token = word.group(1) if word else ""
+    if token in _YES_WORDS:
+        return True
+    if token in _NO_WORDS or token == "not":
+        return False
+    return None
+
+
+def _word_array(text: str) -> list[Any] | None:
+    """A JSON array of plain words (["yes", "no", ...]) in a fence or in the whole text, or None."""
+    for region, _, _ in _regions(text):
+        start = region.find("[")
+        if start < 0:
+            continue
+        span = _scan(region, start)
+        value = _load(region[start : len(region) if span.end is None else span.end], [])
+        if isinstance(value, list) and value and all(isinstance(v, str | bool) or v is None for v in value):
+            return value
+    return None
 
 
 # --------------------------------------------------------------------------- validation per kind
@@ -195,9 +366,60 @@ def _validate_verdict(raw: dict[str, Any]) -> Verdict | str:
         return _compact(exc)
 
 
+def _looks_like_annotation(item: dict[str, Any]) -> bool:
+    return bool({_key(k) for k in item} & _ANNOTATION_FIELDS)
+
+
+def _validate_annotation(raw: dict[str, Any]) -> _Indexed[Annotation | None] | str:
+    item = _normalized_keys(raw)
+    try:
+        annotation = Annotation.model_validate(item)
+    except ValidationError as exc:
+        return _compact(exc)
+    return _Indexed(_number(item), None if annotation.empty else annotation)
+
+
+def _looks_like_claims(item: dict[str, Any]) -> bool:
+    return bool({_key(k) for k in item} & _CLAIM_FIELDS)
+
+
+def _validate_claims(raw: dict[str, Any]) -> _Indexed[list[str]] | str:
+    item = _normalized_keys(raw)
+    value = next((item[k] for k in _CLAIM_FIELDS if k in item), None)
+    if isinstance(value, str):
+        value = value.splitlines()
+    if value is None:
+        value = []
+    if not isinstance(value, list):
+        return "claims: expected a list"
+    claims: list[str] = []
+    for element in value:
+        if isinstance(element, dict):
+            element = next((element[k] for k in ("claim", "text", "statement") if k in element), None)
+        if isinstance(element, str):
+            element = _BULLET.sub("", element).strip()
+            if element:
+                claims.append(element)
+    return _Indexed(_number(item), claims)
+
+
+def _looks_like_claim_verdict(item: dict[str, Any]) -> bool:
+    return any(_key(k) in _VERDICT_WORD_FIELDS for k in item)
+
+
+def _validate_claim_verdict(raw: dict[str, Any]) -> _Indexed[bool | None] | str:
+    item = _normalized_keys(raw)
+    word = next((item[k] for k in _VERDICT_WORD_FIELDS if k in item), None)
+    number = _number(item)
+    if number is None and isinstance(item.get("claim"), int) and not isinstance(item.get("claim"), bool):
+        number = item["claim"]
+    return _Indexed(number, _verdict_word(word))
+
+
 _PLAIN_KEYS = frozenset(
-    {"image_position", "objects", "skills", "format", "question", "steps", "answer", "improved", "score", "reason"}
-)
+    {"image_position", "objects", "skills", "format", "question", "steps", "answer", "improved", "score", "reason",
+     "index", "id", "claims", "claim", "verdict"}
+)  # fmt: skip
 
 
 def _key(name: str) -> str:
@@ -258,7 +480,10 @@ def _extract(text: str, looks: Looks, validate: Validate[T], noun: str) -> Parse
         raise AnswerParseError("empty answer", raw=text)
     failures: list[_Candidate[T]] = []
     partial: ParseResult[T] | None = None  # from a value cut off by the end of its region
-    for region, repairs in _regions(text):
+    cut_fence = False  # a value ran past the end of its fence: truncated, or a fence inside a string
+    for region, repairs, fenced in _regions(text):
+        if cut_fence and fenced:
+            continue  # later fences would be pieces of the value a fence inside a string cut: read the whole text
         fast = _fast(region, looks, validate)
         if fast is not None and fast.items:
             return _result(fast, repairs)
@@ -280,9 +505,11 @@ def _extract(text: str, looks: Looks, validate: Validate[T], noun: str) -> Parse
                 # the next region (the whole text) tells which
                 if partial is None or len(result.items) > len(partial.items):
                     partial = result
+                cut_fence = cut_fence or fenced
                 break
             failures.append(cand)
             if cand.end is None:
+                cut_fence = cut_fence or fenced
                 break
             pos = cand.end
     if partial is not None:
@@ -324,8 +551,8 @@ def _fences(text: str) -> list[_Fence]:
     return found
 
 
-def _regions(text: str) -> Iterator[tuple[str, list[str]]]:
-    """Fenced blocks first (```json ones before others), then the whole text."""
+def _regions(text: str) -> Iterator[tuple[str, list[str], bool]]:
+    """(region, repairs, fenced): fenced blocks first (```json ones before others), then the whole text."""
     fences = list(enumerate(_fences(text), start=1))
     fences.sort(key=lambda nf: nf[1].language.lower() != "json")
     for number, fence in fences:
@@ -337,8 +564,8 @@ def _regions(text: str) -> Iterator[tuple[str, list[str]]]:
             notes.append("no closing fence")
         if text[: fence.start].strip() or text[fence.end :].strip():
             notes.append("prose around JSON")
-        yield body, notes
-    yield text.strip(), (["ignored fences"] if fences else [])
+        yield body, notes, True
+    yield text.strip(), (["ignored fences"] if fences else []), False
 
 
 def _fast(region: str, looks: Looks, validate: Validate[T]) -> _Candidate[T] | None:

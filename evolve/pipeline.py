@@ -1,60 +1,172 @@
-"""`evolve run`: every seed through N rounds of evolve → judge → keep, streamed, resumable, stoppable.
+"""`evolve run`: the run itself — one object for every engine — and the local asyncio pool.
+
+`Run` owns what does not depend on how requests are answered: the lock, the fingerprint, where each seed
+resumes and from which version, the rejected seeds, recording finished sample-rounds, the manifest, signals
+and structured concurrency (any unexpected exception stops the run within seconds, writes what finished,
+marks run.json failed and releases the lock). A `Pool` runs the seeds' chains: `LocalPool` here (asyncio
+tasks on this process's clients, live or Batch API), `evolve.ray_executor.RayPool` on a Ray cluster.
 
 Each seed is a chain: its round N+1 starts from its survivors of round N (or its previous version when none
-survived), so rounds overlap and the endpoint never idles at a round boundary. Records flow through a
-bounded queue: memory does not grow with the seed file.
+survived), so rounds overlap and the endpoint never idles at a round boundary. Records flow through a bounded
+queue: memory does not grow with the seed file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from evolve import __version__
 from evolve.accounting import TokenUsage, estimate_cost, prices_for
 from evolve.cache import NullCache, ResponseCache
 from evolve.client import ChatClient
 from evolve.config import RunConfig
 from evolve.errors import (
+    AnswerDeferred,
     EvolveError,
-    FailureBudgetExceeded,
     FatalEndpointErrors,
     ImageError,
     InputError,
-    Interrupted,
     RecordError,
     UsageError,
 )
-from evolve.images import ImageEncoder, check_image, resolve_image
+from evolve.images import ImageEncoder, check_image
+from evolve.manifest import Mode, RunManifest, read_manifest, summarize_rounds, write_manifest
 from evolve.operators import shard_of
 from evolve.prompts import PromptSet
-from evolve.records import Drop, Rejected, Sample, read_samples
-from evolve.runfolder import (
-    ROUND_FILES,
-    AppendFiles,
-    RoundState,
-    RunFolder,
-    concat_files,
-    round_stats,
-    run_lock,
-    scan_round,
-)
-from evolve.stages import RoundOutcome, StageContext, evolve_round
+from evolve.records import Drop, Rejected, Sample
+from evolve.runfolder import AppendFiles, RoundState, RunFolder, run_lock, scan_round, write_final
+from evolve.sources import ImageStore, count_records, image_location, read_seed_files
+from evolve.stages import ANNOTATION_STAGES, RoundResult, Stage, StageContext, Work, round_stages, run_round
 
 GRACE_SECONDS = 5.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FINGERPRINT_KEYS = (
-    "model", "judge_model", "temperature", "max_tokens", "min_score", "seed", "weights",
-    "images", "image_size", "judge_images", "format", "shard",
+    "model", "judge_model", "temperature", "judge_temperature", "judge_votes", "max_tokens", "min_score", "seed",
+    "weights", "images", "image_size", "image_detail", "prompt_layout", "judge_images", "format", "shard",
+    "items_per_call", "annotate", "checks", "verify", "dedup_threshold",
 )  # fmt: skip
+ENDPOINT_KEYS = ("endpoint", "judge_endpoint")
 
 Message = Callable[[str], None]
+ImageRef = Path | str | None
+log = logging.getLogger("evolve.run")
+
+
+# ---------------------------------------------------------------------------------------- seeds and chains
+
+
+def iter_seeds(paths: list[Path], config: RunConfig, image_store: ImageStore | None) -> Iterator[
+    tuple[Sample, ImageRef] | Drop
+]:  # fmt: skip
+    """Good seeds of this shard with their resolved image, or a Drop (stage input) for each unusable one."""
+    shard = config.shard_pair()
+    for item in read_seed_files(paths, fmt=config.format, image_store=image_store, columns=config.columns):
+        if isinstance(item, Rejected):
+            # an unreadable line has no seed id: the shard of its place in the seed list reports it
+            place = f"{item.index}:{item.where.removeprefix(str(item.source or ''))}"
+            if shard is not None and shard_of(place, shard[1]) != shard[0]:
+                continue
+            if config.strict:
+                raise RecordError(item.where, item.reason)
+            yield Drop(id=item.where, seed_id=item.where, round=0, stage="input", reason=f"{item.where}: {item.reason}")
+            continue
+        sample = item.sample
+        if shard is not None and shard_of(sample.seed_id, shard[1]) != shard[0]:
+            continue
+        image: ImageRef = None
+        if config.images == "send" and sample.image:
+            try:
+                image = image_location(item, config.image_root)
+                if isinstance(image, Path):
+                    check_image(image)
+            except ImageError as exc:
+                if config.strict:
+                    raise RecordError(item.where, str(exc)) from exc
+                yield Drop(id=sample.id, seed_id=sample.seed_id, round=0, stage="input",
+                           reason=f"{item.where}: {exc}")  # fmt: skip
+                continue
+        yield sample, image
+
+
+@dataclass
+class Chain:
+    """One seed's remaining rounds: where it starts, from which version, its lineage so far, and the later rounds
+    an earlier invocation already finished (after a torn write a later round can be complete, an earlier not)."""
+
+    seed: Sample
+    image: ImageRef
+    start: int
+    current: Sample
+    lineage: list[str]
+    attempts: dict[int, int] = field(default_factory=dict)
+    done_later: dict[int, Sample | None] = field(default_factory=dict)
+
+
+def resume_point(states: dict[int, RoundState], seed: Sample, first: int, last: int) -> Chain:
+    """Where a seed's chain resumes after the rounds already complete, with the version it starts from."""
+    seed_id = seed.seed_id
+    current = seed
+    lineage = [item.question for item in seed.qa]
+    number = first
+    while number <= last and seed_id in states[number].complete:
+        kept = states[number].kept_sample(seed_id)
+        if kept is not None:
+            current = kept
+            if number > 0:
+                lineage += [item.question for item in kept.qa]
+        number += 1
+    later = {n: states[n].kept_sample(seed_id) for n in range(number + 1, last + 1) if seed_id in states[n].complete}
+    attempts = {n: s.attempts[seed_id] for n, s in states.items() if seed_id in s.attempts}
+    return Chain(seed, None, number, current, lineage, attempts, later)
+
+
+class ChainSink(Protocol):
+    """Where a chain's finished sample-rounds go (the run's recorder, or a Ray actor's output rows)."""
+
+    stopping: asyncio.Event
+
+    def record(self, result: RoundResult) -> None: ...
+
+    def deferred(self, number: int) -> None: ...
+
+
+async def run_chain(
+    ctx: StageContext, chain: Chain, last_round: int, stages: Callable[[int], list[Stage]], sink: ChainSink
+) -> None:
+    """A seed through its remaining rounds; stops at a failed call (the next invocation redoes it) or when a
+    request waits for the Batch API."""
+    current = chain.current
+    lineage = list(chain.lineage)
+    for number in range(chain.start, last_round + 1):
+        if number in chain.done_later:
+            current = chain.done_later[number] or current
+            continue
+        if sink.stopping.is_set():
+            return
+        work = Work(chain.seed.seed_id, number, current, chain.image, attempt=chain.attempts.get(number, 0),
+                    lineage=tuple(lineage))  # fmt: skip
+        try:
+            result = await run_round(ctx, work, stages(number))
+        except AnswerDeferred:
+            sink.deferred(number)
+            return
+        sink.record(result)
+        if result.stop_chain:
+            return
+        current = result.next_version or current
+        if number > 0 and result.outcome.kept:
+            lineage += [item.question for item in current.qa]
+
+
+# ---------------------------------------------------------------------------------------- recording
 
 
 @dataclass
@@ -64,6 +176,7 @@ class RoundCounters:
     done: int = 0
     failed: int = 0
     kept: int = 0
+    waiting: int = 0
 
 
 @dataclass
@@ -72,406 +185,427 @@ class RunCounters:
 
     rounds: dict[int, RoundCounters] = field(default_factory=dict)
     total: int | None = None
-    skipped: int = 0
     rejected: int = 0
     usage: TokenUsage = field(default_factory=TokenUsage)
     started: float = field(default_factory=time.monotonic)
+    cost: float | None = None
+    """US$ spent by this invocation so far (None without prices)."""
+    previous_cost: float | None = None
+    """US$ of the sample-rounds earlier invocations finished."""
 
 
-@dataclass
-class RunResult:
-    """What `run_evolution` returns: the run folder, run.json's content, and whether samples failed."""
+class Recorder:
+    """Writes finished sample-rounds into the round files (lines in order, the outcome last) and keeps count."""
 
-    folder: RunFolder
-    summary: dict[str, Any]
-    failures: bool
+    def __init__(self, run: Run, states: dict[int, RoundState]) -> None:
+        self.run = run
+        self.states = states
+        self.stopping = run.stopping
+        self.files = AppendFiles()
+        self.failures = 0
+        self.budget_spent = False
+        self._prices = prices_for(run.config.model, run.config.price_in, run.config.price_out,
+                                  run.config.price_cached_in)  # fmt: skip
+
+    def record(self, result: RoundResult) -> None:
+        """Append one finished sample-round; stop the run when --max-failures is spent."""
+        number = result.number
+        if result.seed_id in self.states[number].complete:  # redone after a torn write: the file has it already
+            return
+        folder = self.run.folder
+        for name, line in result.lines:
+            self.files.write_line(folder.round_file(number, name), line)
+        self.files.flush()
+        counters = self.run.counters
+        live = counters.rounds[number]
+        live.done += 1
+        live.kept += result.outcome.kept
+        counters.usage.merge(result.usage)
+        counters.cost = estimate_cost(counters.usage, self._prices)
+        if result.outcome.failed is not None:
+            live.failed += 1
+            self.failures += 1
+            budget = self.run.config.max_failures
+            if budget is not None and self.failures > budget and not self.budget_spent:
+                self.budget_spent = True
+                self.run.stop("--max-failures")
+
+    def deferred(self, number: int) -> None:
+        """A sample-round waits for the Batch API."""
+        self.run.counters.rounds[number].waiting += 1
+
+    def close(self) -> None:
+        """fsync and close the round files."""
+        self.files.close()
 
 
-def count_lines(paths: list[Path]) -> int:
-    """A quick upper bound of the number of records, for progress bars."""
-    total = 0
-    for path in paths:
-        with path.open("rb") as fp:
-            while chunk := fp.read(1 << 20):
-                total += chunk.count(b"\n")
-    return total
+# ---------------------------------------------------------------------------------------- pools
 
 
-def iter_seeds(paths: list[Path], config: RunConfig) -> Iterator[tuple[Sample, Path | str | None] | Drop]:
-    """Good seeds with their resolved image, or a Drop (stage input) for each unusable one."""
-    shard = config.shard_pair()
-    for index, path in enumerate(paths):
-        for item in read_samples(path, fmt=config.format):
-            if isinstance(item, Rejected):
-                # an unreadable line has no seed id: the shard of its place in the seed list reports it
-                place = f"{index}:{item.where.removeprefix(str(path))}"
-                if shard is not None and shard_of(place, shard[1]) != shard[0]:
-                    continue
-                if config.strict:
-                    raise RecordError(item.where, item.reason)
-                reason = f"{item.where}: {item.reason}"
-                yield Drop(id=item.where, seed_id=item.where, round=0, stage="input", reason=reason)
-                continue
-            sample = item.sample
-            if shard is not None and shard_of(sample.seed_id, shard[1]) != shard[0]:
-                continue
-            image: Path | str | None = None
-            if config.images == "send" and sample.image:
-                try:
-                    image = resolve_image(sample.image, config.image_root, path.parent)
-                    if isinstance(image, Path):
-                        check_image(image)
-                except ImageError as exc:
-                    if config.strict:
-                        raise RecordError(item.where, str(exc)) from exc
-                    yield Drop(id=sample.id, seed_id=sample.seed_id, round=0, stage="input",
-                               reason=f"{item.where}: {exc}")  # fmt: skip
-                    continue
-            yield sample, image
+class Pool(Protocol):
+    """Runs the seeds' chains and hands each finished sample-round to the recorder."""
+
+    mode: Mode
+
+    async def run(self, run: Run, chains: Iterator[Chain]) -> None: ...
+
+
+def stages_of(config: RunConfig) -> Callable[[int], list[Stage]]:
+    """The stages of round N under these settings (round 0: annotation)."""
+    rounds = round_stages(config)
+    return lambda number: ANNOTATION_STAGES if number == 0 else rounds
+
+
+class LocalPool:
+    """The chains as asyncio tasks in this process, on this process's clients (live HTTP or the Batch API)."""
+
+    mode: Mode = "live"
+
+    def __init__(self, clients: tuple[ChatClient, ChatClient], *, probe: bool = True) -> None:
+        self.client, self.judge_client = clients
+        self.probe = probe
+
+    async def run(self, run: Run, chains: Iterator[Chain]) -> None:
+        """Run every chain with --concurrency workers; a stop lets in-flight sample-rounds finish (grace)."""
+        config = run.config
+        first = next(chains, None)
+        if first is None:
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            for client in {id(c.transport): c for c in (self.client, self.judge_client)}.values():
+                await stack.enter_async_context(client)
+                if self.probe:
+                    await client.probe()
+            ctx = StageContext(config, run.prompts, self.client, self.judge_client, ImageEncoder(config.image_size))
+            stages = stages_of(config)
+            queue: asyncio.Queue[Chain | None] = asyncio.Queue(maxsize=config.concurrency * 2)
+            async with asyncio.TaskGroup() as group:
+                producer = group.create_task(self._produce(run, first, chains, queue, config.concurrency))
+                workers = [group.create_task(self._work(ctx, run, queue, stages)) for _ in range(config.concurrency)]
+                await self._supervise(run, producer, workers)
+
+    @staticmethod
+    async def _produce(
+        run: Run, first: Chain, chains: Iterator[Chain], queue: asyncio.Queue[Chain | None], workers: int
+    ) -> None:
+        await queue.put(first)
+        for chain in chains:
+            if run.stopping.is_set():
+                break
+            await queue.put(chain)
+        for _ in range(workers):
+            await queue.put(None)
+
+    @staticmethod
+    async def _work(
+        ctx: StageContext, run: Run, queue: asyncio.Queue[Chain | None], stages: Callable[[int], list[Stage]]
+    ) -> None:
+        while not run.stopping.is_set():
+            chain = await queue.get()
+            if chain is None:
+                return
+            await run_chain(ctx, chain, run.last_round, stages, run.recorder)
+
+    @staticmethod
+    async def _supervise(run: Run, producer: asyncio.Task[None], workers: list[asyncio.Task[None]]) -> None:
+        """Wait for the workers; after a stop, give in-flight sample-rounds the grace period, then cancel."""
+        stop = asyncio.ensure_future(run.stopping.wait())
+        try:
+            while (busy := [w for w in workers if not w.done()]) and not run.stopping.is_set():
+                await asyncio.wait({*busy, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not run.stopping.is_set():
+            return
+        producer.cancel()
+        busy = [w for w in workers if not w.done()]
+        if busy and run.grace > 0:
+            await asyncio.wait(busy, timeout=run.grace)
+        for worker in workers:
+            worker.cancel()
+
+
+# ---------------------------------------------------------------------------------------- the run
 
 
 def fingerprint(config: RunConfig, seeds: list[Path], prompts: PromptSet) -> dict[str, Any]:
     """The settings that decide a run's records; a resume must use the same."""
     data = config.public()
     found = {key: data[key] for key in FINGERPRINT_KEYS}
+    found["endpoint"] = config.endpoint_settings().public_url()
+    found["judge_endpoint"] = config.judge_settings().public_url()
     found["seeds"] = [str(p.resolve()) for p in seeds]
     found["prompt_hashes"] = prompts.hashes()
     return found
 
 
-def check_fingerprint(old: dict[str, Any] | None, new: dict[str, Any], root: Path) -> None:
-    """Refuse to resume a run folder made with other settings."""
-    if not old:
+def check_fingerprint(old: RunManifest | None, new: dict[str, Any], root: Path, allow_endpoint_change: bool) -> None:
+    """Refuse to resume a run folder made with other settings, or against another endpoint."""
+    if old is None or not old.fingerprint:
         return
+    before = dict(old.fingerprint)
+    before.setdefault("endpoint", old.config.get("base_url"))  # run folders from before endpoints were recorded
+    if not allow_endpoint_change:
+        for key in ENDPOINT_KEYS:
+            if before.get(key) and before[key] != new[key]:
+                raise UsageError(
+                    f"{root} was made against {before[key]}, this run uses {new[key]}: pass --allow-endpoint-change "
+                    "to go on with the new endpoint, or pick another --out"
+                )
     for key, value in new.items():
-        if key in old and old[key] != value:
+        if key in before and key not in ENDPOINT_KEYS and before[key] != value:
             raise UsageError(
-                f"{root} was run with other settings ({key} differs); "
-                "resume with the same settings or pick another --out"
+                f"{root} was run with other settings ({key} differs); resume with the same settings or pick another --out"
             )
 
 
-def make_clients(config: RunConfig, cache: ResponseCache | NullCache) -> tuple[ChatClient, ChatClient]:
-    """(evolution client, judge client); one and the same client when the judge uses the same endpoint."""
-    settings = config.endpoint_settings()
-    client = ChatClient(settings, cache)
-    judge_settings = config.judge_settings()
-    if judge_settings == settings:
-        return client, client
-    return client, ChatClient(judge_settings, cache)
+class InternalError(EvolveError):
+    """An exception evolve did not expect; its traceback is in the run's evolve.log."""
 
 
-def resume_point(states: dict[int, RoundState], folder: RunFolder, seed: Sample) -> tuple[int, Sample]:
-    """(first round a seed still needs, the version it starts from) after the rounds already complete.
-
-    `states` holds rounds 1..N as found by `scan_round`; N + 1 means the seed is done. The version is the
-    seed's latest survivor (or the seed itself when no complete round kept anything).
-    """
-    current = seed
-    number = 1
-    while number in states and seed.seed_id in states[number].complete:
-        current = states[number].kept_sample(folder, seed.seed_id) or current
-        number += 1
-    return number, current
-
-
-def round_summaries(
-    folder: RunFolder, config: RunConfig, usages: dict[int, TokenUsage]
-) -> tuple[dict[str, Any], TokenUsage, tuple[float, float] | None]:
-    """run.json's per-round part: counts read from the round files (created empty where missing), tokens and
-    cost per round; with the total usage and the prices used."""
-    prices = prices_for(config.model, config.price_in, config.price_out)
-    rounds: dict[str, Any] = {}
-    total = TokenUsage()
-    for number in range(1, config.rounds + 1):
-        usage = usages.get(number, TokenUsage())
-        total.merge(usage)
-        folder.round_dir(number).mkdir(parents=True, exist_ok=True)
-        for name in ROUND_FILES:
-            folder.round_file(number, name).touch()
-        stats = round_stats(folder, number)
-        stats["usage"] = usage.as_dict()
-        stats["cost_usd"] = estimate_cost(usage, prices)
-        rounds[str(number)] = stats
-    return rounds, total, prices
-
-
-class Runner:
-    """One invocation of `evolve run` on one run folder."""
+class Run:
+    """One invocation of `evolve run` on one run folder, whatever pool runs the chains."""
 
     def __init__(self, config: RunConfig, seeds: list[Path], out: Path, message: Message) -> None:
+        if not seeds:
+            raise UsageError("no seed files given")
         self.config = config
         self.seeds = seeds
         self.folder = RunFolder(out)
         self.message = message
         self.counters = RunCounters()
-        self.files = AppendFiles()
-        self.failures = 0
-        self.budget_spent = False
+        self.first_round = 0 if config.annotate else 1
+        self.last_round = config.rounds
+        self.stopping = asyncio.Event()
+        self.grace = GRACE_SECONDS
+        self.lock_wait = 0.0
+        """Seconds to wait for the lock (a resumed --workers shard may find its predecessor still exiting)."""
+        self.stop_reason: str | None = None
         self.stop_signal: int | None = None
-        self.fatal: EvolveError | None = None
-        self._stopping = asyncio.Event()
-        self._round_usage: dict[int, TokenUsage] = {}
+        self.waiting = False
+        """Set by the Batch API pool when batches are pending: the run is not finished yet."""
+        self.prompts: PromptSet = PromptSet.load(config.prompts)
+        self.states: dict[int, RoundState] = {}
+        self.recorder: Recorder = Recorder(self, {})
+        self.manifest = RunManifest()
 
-    # ------------------------------------------------------------------ set-up
+    def stop(self, reason: str, signal_number: int | None = None, grace: float = GRACE_SECONDS) -> None:
+        """Stop sending; in-flight sample-rounds get `grace` seconds to finish."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.stop_signal = signal_number
+            self.grace = grace
+            self.stopping.set()
 
-    def _check_inputs(self) -> None:
-        for path in self.seeds:
-            if not path.is_file():
-                raise InputError(f"{path}: no such seed file")
+    def image_store(self) -> ImageStore:
+        """Where images that arrive as bytes are written: --image-cache, else the run folder's images/."""
+        return ImageStore(self.config.image_cache or self.folder.images)
 
-    def _open_cache(self) -> ResponseCache | NullCache:
-        if self.config.no_cache:
-            return NullCache()
-        return ResponseCache(self.config.cache or self.folder.cache)
-
-    # ------------------------------------------------------------------ the run
-
-    async def run(self) -> RunResult:
-        """Run (or resume) every round for every seed; raises Interrupted/FailureBudgetExceeded/... ."""
-        self._check_inputs()
-        prompts = PromptSet.load(self.config.prompts)
-        with run_lock(self.folder):
-            previous = self.folder.read_run_json()
-            new_print = fingerprint(self.config, self.seeds, prompts)
-            check_fingerprint((previous or {}).get("fingerprint"), new_print, self.folder.root)
-            summary = self._start_summary(previous, new_print, prompts)
-            self.folder.write_run_json(summary)
-            states = {n: scan_round(self.folder, n, self.config.min_score)
-                      for n in range(1, self.config.rounds + 1)}  # fmt: skip
-            resumed = sum(len(s.complete) for s in states.values())
-            if resumed:
-                self.message(f"resuming: {resumed} sample-rounds already done in {self.folder.root}")
-            self.counters.total = count_lines(self.seeds)
-            for number in range(1, self.config.rounds + 1):
-                self.counters.rounds[number] = RoundCounters()
-            cache = self._open_cache()
-            try:
-                await self._run_chains(prompts, cache, states)
-            finally:
-                self.files.close()
-                cache.close()
-                summary = self._finish_summary(summary)
-                self.folder.write_run_json(summary)
-        if self.fatal is not None:
-            raise self.fatal
-        if self.stop_signal is not None:
-            raise Interrupted(self.stop_signal)
-        if self.budget_spent:
-            raise FailureBudgetExceeded(
-                f"{self.failures} samples failed, over --max-failures {self.config.max_failures}; "
-                "fix the cause and run the same command again to resume"
-            )
-        return RunResult(self.folder, summary, summary["status"] != "done")
-
-    async def _run_chains(
-        self, prompts: PromptSet, cache: ResponseCache | NullCache, states: dict[int, RoundState]
-    ) -> None:
-        client, judge_client = make_clients(self.config, cache)
-        async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(client)
-            if judge_client is not client:
-                await stack.enter_async_context(judge_client)
-            ctx = StageContext(self.config, prompts, client, judge_client, ImageEncoder(self.config.image_size))
-            queue: asyncio.Queue[tuple[Sample, Path | str | None] | None] = asyncio.Queue(
-                maxsize=self.config.concurrency * 2
-            )
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, self._on_signal, sig)
-            workers = [asyncio.create_task(self._worker(ctx, queue, states)) for _ in range(self.config.concurrency)]
-            producer = asyncio.create_task(self._produce(queue))
-            try:
-                await self._wait(workers, producer, queue)
-            finally:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    with contextlib.suppress(NotImplementedError, RuntimeError):
-                        loop.remove_signal_handler(sig)
-
-    async def _wait(
-        self,
-        workers: list[asyncio.Task[None]],
-        producer: asyncio.Task[None],
-        queue: asyncio.Queue[tuple[Sample, Path | str | None] | None],
-    ) -> None:
-        """Until every seed is done, or a stop: then in-flight sample-rounds get GRACE_SECONDS to finish."""
-        everything: asyncio.Future[list[Any]] = asyncio.gather(producer, *workers, return_exceptions=True)
-        stop: asyncio.Future[Any] = asyncio.create_task(self._stopping.wait())
-        await asyncio.wait({everything, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if not everything.done():
-            producer.cancel()
-            await asyncio.wait({producer})
-            self._release_workers(queue, len(workers))
-            grace = 0.0 if self.fatal is not None else GRACE_SECONDS
-            if grace > 0:
-                await asyncio.wait(workers, timeout=grace)
-            for task in workers:
-                task.cancel()
-        for result in await everything:
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                raise result
-
-    def _on_signal(self, sig: int) -> None:
-        if self.stop_signal is None:
-            self.stop_signal = sig
-            self.message(f"signal {sig}: finishing in-flight requests (up to {GRACE_SECONDS:g} s), then stopping")
-            self._stopping.set()
-
-    def _stop_with(self, error: EvolveError) -> None:
-        if self.fatal is None:
-            self.fatal = error
-            self._stopping.set()
-
-    async def _produce(self, queue: asyncio.Queue[tuple[Sample, Path | str | None] | None]) -> None:
+    def chains(self) -> Iterator[Chain]:
+        """A chain per usable seed with rounds left; rejected seed lines go to rejected.jsonl."""
         rejected: list[Drop] = []
         try:
-            for item in iter_seeds(self.seeds, self.config):
-                if self._stopping.is_set():
-                    break
+            for item in iter_seeds(self.seeds, self.config, self.image_store()):
                 if isinstance(item, Drop):
                     self.counters.rejected += 1
                     rejected.append(item)
                     self.message(f"skipped {item.reason}")
                     continue
-                await queue.put(item)
-        except EvolveError as exc:  # --strict and unreadable seed files stop the run
-            self._stop_with(exc)
-            return
+                seed, image = item
+                chain = resume_point(self.states, seed, self.first_round, self.last_round)
+                if chain.start > self.last_round:
+                    continue
+                chain.image = image
+                yield chain
         finally:
-            self._write_rejected(rejected)
-        for _ in range(self.config.concurrency):
-            await queue.put(None)
+            with self.folder.rejected.open("w", encoding="utf-8") as fp:
+                for drop in rejected:
+                    fp.write(drop.model_dump_json() + "\n")
 
-    @staticmethod
-    def _release_workers(queue: asyncio.Queue[tuple[Sample, Path | str | None] | None], workers: int) -> None:
-        """Empty the queue and tell every worker to end (the queue holds 2 × workers)."""
-        while not queue.empty():
-            queue.get_nowait()
-        for _ in range(workers):
-            queue.put_nowait(None)
+    def open_cache(self) -> ResponseCache | NullCache:
+        """The response cache of this run (--cache, else RUN/cache.sqlite; nothing with --no-cache)."""
+        if self.config.no_cache:
+            return NullCache()
+        return ResponseCache(self.config.cache or self.folder.cache)
 
-    def _write_rejected(self, rejected: list[Drop]) -> None:
-        with self.folder.rejected.open("w", encoding="utf-8") as fp:
-            for drop in rejected:
-                fp.write(drop.model_dump_json() + "\n")
+    async def execute(self, pool: Pool) -> RunManifest:
+        """Run (or resume) every round for every seed with `pool`; returns the manifest it wrote.
 
-    async def _worker(
-        self,
-        ctx: StageContext,
-        queue: asyncio.Queue[tuple[Sample, Path | str | None] | None],
-        states: dict[int, RoundState],
-    ) -> None:
-        while not self._stopping.is_set():
-            item = await queue.get()
-            if item is None:
-                return
-            sample, image = item
+        Raises the run's fatal EvolveError (bad key, images refused, endpoint unreachable, bad input with
+        --strict) after writing what finished, and InternalError for anything unexpected.
+        """
+        for path in self.seeds:
+            if not path.exists():
+                raise InputError(f"{path}: no such seed file")
+        with run_lock(self.folder, wait=self.lock_wait), _log_to(self.folder.log):
+            previous = read_manifest(self.folder)
+            new_print = fingerprint(self.config, self.seeds, self.prompts)
+            check_fingerprint(previous, new_print, self.folder.root, self.config.allow_endpoint_change)
+            self.manifest = self._start_manifest(previous, new_print, pool.mode)
+            error: BaseException | None = None
             try:
-                await self._chain(ctx, sample, image, states)
-            except EvolveError as exc:
-                if isinstance(exc, (InputError, UsageError, *FatalEndpointErrors)):
-                    self._stop_with(exc)
-                    return
-                raise
+                write_manifest(self.folder, self.manifest)
+                await self._run_pool(pool)
+            except BaseException as exc:
+                error = exc
+            finally:
+                with contextlib.suppress(OSError):
+                    self.recorder.close()
+            return self._finish(error)
 
-    async def _chain(
-        self, ctx: StageContext, seed: Sample, image: Path | str | None, states: dict[int, RoundState]
-    ) -> None:
-        start, current = resume_point(states, self.folder, seed)
-        for number in range(start, self.config.rounds + 1):
-            state = states[number]
-            if seed.seed_id in state.complete:  # a later round done while an earlier one is not (torn write)
-                current = state.kept_sample(self.folder, seed.seed_id) or current
-                continue
-            if self._stopping.is_set():
-                return
-            outcome = await evolve_round(ctx, current, number, image)
-            self._record(number, outcome)
-            current = outcome.kept or current
+    async def _run_pool(self, pool: Pool) -> None:
+        """Scan what earlier invocations finished, then let the pool run every chain with work left."""
+        numbers = range(self.first_round, self.last_round + 1)
+        reask = self.config.reask_unreadable
+        self.states = {n: scan_round(self.folder, n, reask_unreadable=reask) for n in numbers}
+        self.recorder = Recorder(self, self.states)
+        resumed = sum(len(s.complete) for s in self.states.values())
+        if resumed:
+            self.message(f"resuming: {resumed:,} sample-rounds already done in {self.folder.root}")
+        self.counters.total = count_records(self.seeds)
+        self.counters.rounds = {n: RoundCounters() for n in numbers}
+        await self._with_signals(pool.run(self, self.chains()))
 
-    def _record(self, number: int, outcome: RoundOutcome) -> None:
-        for name, record in (("evolved", outcome.evolved), ("judged", outcome.judged), ("kept", outcome.kept)):
-            if record is not None:
-                self.files.write(self.folder.round_file(number, name), record)
-        for drop in outcome.drops:
-            self.files.write(self.folder.round_file(number, "dropped"), drop)
-        self.files.flush()
-        counters = self.counters.rounds[number]
-        counters.done += 1
-        counters.kept += outcome.kept is not None
-        self.counters.usage.merge(outcome.usage)
-        self._round_usage.setdefault(number, TokenUsage()).merge(outcome.usage)
-        if outcome.failed:
-            counters.failed += 1
-            self.failures += 1
-            budget = self.config.max_failures
-            if budget is not None and self.failures > budget:
-                self.budget_spent = True
-                self._stopping.set()
+    async def _with_signals(self, work: Any) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await work
+        finally:
+            for sig in STOP_SIGNALS:
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.remove_signal_handler(sig)
 
-    # ------------------------------------------------------------------ run.json
+    def _on_signal(self, sig: int) -> None:
+        if self.stop_reason is None:
+            self.message(f"signal {sig}: finishing in-flight requests (up to {GRACE_SECONDS:g} s), then stopping")
+        self.stop("signal", sig)
 
-    def _start_summary(
-        self, previous: dict[str, Any] | None, new_print: dict[str, Any], prompts: PromptSet
-    ) -> dict[str, Any]:
-        now = datetime.now(UTC).isoformat(timespec="seconds")
-        summary = dict(previous or {})
-        summary.update(
-            {
-                "tool": "evolve",
-                "version": __version__,
-                "created": summary.get("created", now),
-                "updated": now,
-                "status": "running",
-                "seeds": [str(p.resolve()) for p in self.seeds],
-                "config": self.config.public(),
-                "fingerprint": new_print,
-                "prompt_hashes": prompts.hashes(),
-                "prompt_sources": prompts.sources(),
-                "rng_seed": self.config.seed,
-            }
-        )
-        return summary
+    def _start_manifest(self, previous: RunManifest | None, new_print: dict[str, Any], mode: Mode) -> RunManifest:
+        manifest = previous.model_copy() if previous is not None else RunManifest()
+        manifest.status = "running"
+        manifest.mode = mode
+        manifest.seeds = [str(p.resolve()) for p in self.seeds]
+        manifest.config = self.config.public()
+        manifest.fingerprint = new_print
+        manifest.prompt_hashes = self.prompts.hashes()
+        manifest.prompt_sources = self.prompts.sources()
+        manifest.rng_seed = self.config.seed
+        manifest.error = None
+        manifest.signal = None
+        return manifest
 
-    def _finish_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
-        usages: dict[int, TokenUsage] = {}
-        for number in range(1, self.config.rounds + 1):
-            usages[number] = TokenUsage.from_dict(((summary.get("rounds") or {}).get(str(number)) or {}).get("usage"))
-            usages[number].merge(self._round_usage.get(number, TokenUsage()))
-        rounds, total, prices = round_summaries(self.folder, self.config, usages)
-        final_count = concat_files(
-            [self.folder.round_file(n, "kept") for n in range(1, self.config.rounds + 1)], self.folder.final
-        )
-        failed = sum(r["evolve_failed"] + r["judge_failed"] for r in rounds.values())
-        status = "done"
-        if self.fatal is not None:
-            status = "failed"
-        elif self.stop_signal is not None:
-            status = "interrupted"
-        elif self.budget_spent:
-            status = "stopped"
-        elif failed:
-            status = "done_with_failures"
-        summary.update(
-            {
-                "updated": datetime.now(UTC).isoformat(timespec="seconds"),
-                "status": status,
-                "rounds": rounds,
-                "final_samples": final_count,
-                "rejected_seeds": self.counters.rejected,
-                "usage": total.as_dict(),
-                "cost_usd": estimate_cost(total, prices),
-                "prices_per_million": list(prices) if prices else None,
-            }
-        )
-        return summary
+    def _finish(self, error: BaseException | None) -> RunManifest:
+        """Write run.json (and final.jsonl) for how the run ended; raise its error, if it had one."""
+        fatal = _unwrap(error)
+        manifest = self.manifest
+        prices = prices_for(self.config.model, self.config.price_in, self.config.price_out,
+                            self.config.price_cached_in)  # fmt: skip
+        numbers = range(self.first_round, self.last_round + 1)
+        with contextlib.suppress(OSError):  # every round file exists once a run has run (tools can rely on it)
+            for number in numbers:
+                for path in self.folder.round(number).all():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.touch()
+        try:
+            summarize_rounds(self.folder, numbers, prices, manifest)
+            manifest.final_samples = write_final(self.folder, self.last_round)
+        except OSError as exc:  # a full disk: say so, but what finished stays in the round files
+            fatal = fatal or _unwrap(exc)
+        manifest.rejected_seeds = self.counters.rejected
+        waiting = sum(c.waiting for c in self.counters.rounds.values())
+        if fatal is not None:
+            manifest.status = "failed"
+            manifest.error = str(fatal)
+        elif self.stop_reason == "signal":
+            manifest.status = "interrupted"
+            manifest.signal = self.stop_signal
+            manifest.error = f"stopped by signal {self.stop_signal}; run the same command again to resume"
+        elif waiting or self.waiting:
+            manifest.status = "waiting"
+        else:
+            manifest.status = manifest.finished(stopped=self.stop_reason == "--max-failures")
+            if manifest.status == "stopped":
+                manifest.error = (
+                    f"{self.recorder.failures:,} sample-rounds failed, over --max-failures {self.config.max_failures}; "
+                    "fix the cause and run the same command again to resume"
+                )
+        with contextlib.suppress(OSError):
+            write_manifest(self.folder, manifest)
+        if fatal is not None:
+            raise fatal
+        return manifest
 
 
-def run_evolution(config: RunConfig, seeds: list[Path], out: Path, message: Message) -> RunResult:
-    """Run `evolve run` to the end (or to a clean stop) and return its summary."""
-    if not seeds:
-        raise UsageError("no seed files given")
-    runner = Runner(config, seeds, out, message)
-    return asyncio.run(runner.run())
+def _unwrap(error: BaseException | None) -> EvolveError | None:
+    """The run's error as one EvolveError: the first of a task group's, an unexpected one as InternalError."""
+    if error is None:
+        return None
+    while isinstance(error, BaseExceptionGroup):
+        fatal = [e for e in error.exceptions if isinstance(e, (UsageError, InputError, *FatalEndpointErrors))]
+        error = fatal[0] if fatal else error.exceptions[0]
+    if isinstance(error, EvolveError):
+        return error
+    if isinstance(error, (KeyboardInterrupt, asyncio.CancelledError)):
+        return EvolveError("cancelled")
+    log.error("unexpected error:\n%s", "".join(traceback.format_exception(error)))
+    text = " ".join(str(error).split())[:200]
+    return InternalError(f"internal error {type(error).__name__}: {text} (traceback in evolve.log)")
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """A log file that never prints a traceback of its own (a full disk must not flood the screen)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        """Drop the line."""
+
+
+@contextlib.contextmanager
+def _log_to(path: Path) -> Iterator[None]:
+    """Log evolve's retries, pauses and errors (INFO and up) to the run's evolve.log while the run lasts."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = _QuietFileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger("evolve")
+    previous_level = root.level
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
+        handler.close()
+
+
+def make_clients(config: RunConfig, cache: ResponseCache | NullCache) -> tuple[ChatClient, ChatClient]:
+    """(evolution client, judge client); the judge shares the evolution client's connections and limits when it
+    calls the same endpoint (only its model and temperature may differ)."""
+    settings = config.endpoint_settings()
+    client = ChatClient(settings, cache)
+    judge_settings = config.judge_settings()
+    if judge_settings == settings:
+        return client, client
+    same = ("base_url", "api_key", "transport", "concurrency", "rpm", "tpm", "timeout", "max_retries")
+    if all(getattr(judge_settings, name) == getattr(settings, name) for name in same):
+        return client, ChatClient(judge_settings, cache, transport=client.transport, usage=client.usage)
+    return client, ChatClient(judge_settings, cache)
+
+
+async def run_live(config: RunConfig, seeds: list[Path], out: Path, message: Message, run: Run | None = None) -> RunManifest:
+    """`evolve run` on this process's event loop, live HTTP."""
+    run = run or Run(config, seeds, out, message)
+    cache = run.open_cache()
+    try:
+        return await run.execute(LocalPool(make_clients(config, cache)))
+    finally:
+        cache.close()
+
+
+def run_evolution(config: RunConfig, seeds: list[Path], out: Path, message: Message) -> RunManifest:
+    """Run `evolve run` to the end (or to a clean stop) and return its manifest."""
+    return asyncio.run(run_live(config, seeds, out, message))

@@ -34,6 +34,7 @@ _OUTER = (0.62, 1.0)  # radii of the noun ring
 _MIN_VERB_DEG = 5.0
 _MIN_NOUN_DEG = 2.6
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
+_ROUND = re.compile(r"^round-(\d+)$")
 
 
 def write_plots(report: StatsReport, out_dir: Path) -> list[Path]:
@@ -44,6 +45,10 @@ def write_plots(report: StatsReport, out_dir: Path) -> list[Path]:
         warnings.filterwarnings("ignore", message=r"Glyph .* missing from")
         for col in report.columns:
             written.append(_save(_sunburst(col), out_dir / f"sunburst-{_slug(col.name)}.png"))
+        if len(report.columns) >= 2:
+            first, last = report.columns[0], report.columns[-1]
+            name = f"sunburst-{_slug(first.name)}-vs-{_slug(last.name)}.png"
+            written.append(_save(_side_by_side(first, last), out_dir / name))
         written.append(_save(_score_density(report.columns), out_dir / "score-density.png"))
         written.append(
             _save(
@@ -111,25 +116,50 @@ def _short(text: str, limit: int) -> str:
 
 def _sunburst(col: ColumnStats) -> Figure:
     fig = _figure(10, 10.6)
-    ax = fig.add_axes((0.02, 0.02, 0.96, 0.88))
+    fig.suptitle(
+        f"{col.name}: root verbs (inner ring) and their direct-object nouns (outer ring)", fontsize=15, y=0.975
+    )
+    _sunburst_panel(fig, (0.02, 0.02, 0.96, 0.88), col, 0.905)
+    return fig
+
+
+def _side_by_side(first: ColumnStats, last: ColumnStats) -> Figure:
+    """The paper's figure: the seed and the final sunburst next to each other, on the same scale of labels."""
+    fig = _figure(20, 10.9)
+    fig.suptitle(
+        f"root verbs (inner ring) and their direct-object nouns (outer ring): {first.name} vs {last.name}",
+        fontsize=17,
+        y=0.98,
+    )
+    for index, col in enumerate((first, last)):
+        left = 0.01 + 0.5 * index
+        fig.text(left + 0.24, 0.905, col.name, ha="center", fontsize=16, fontweight="bold")
+        _sunburst_panel(fig, (left, 0.02, 0.48, 0.84), col, 0.875, center=left + 0.24)
+    return fig
+
+
+def _sunburst_panel(
+    fig: Figure, rect: tuple[float, float, float, float], col: ColumnStats, note_y: float, center: float = 0.5
+) -> None:
+    """One sunburst in `rect` of `fig`, with its coverage note at height `note_y` above it."""
+    ax = fig.add_axes(rect)
     ax.set_aspect("equal")
     ax.set_xlim(-1.05, 1.05)
     ax.set_ylim(-1.05, 1.05)
     ax.axis("off")
     verbs = col.top_pair_verbs[:SUNBURST_VERBS]
-    fig.suptitle(
-        f"{col.name}: root verbs (inner ring) and their direct-object nouns (outer ring)", fontsize=15, y=0.975
-    )
     if not verbs:
         _note(ax, "no verb–noun pairs found in these questions")
-        return fig
+        return
     shown = sum(v.with_noun for v in verbs)
     pairs = col.questions_with_pair or 1
+    sampled = f" (a sample of {col.verb_noun_questions:,} questions)" if col.verb_noun_sampled else ""
     fig.text(
-        0.5,
-        0.905,
+        center,
+        note_y,
         f"top {len(verbs)} verbs by verb–noun pairs: {shown:,} of the {pairs:,} questions with a pair "
-        f"({100 * shown / pairs:.0f}%)\nouter ring: the top {SUNBURST_NOUNS} nouns of each verb; grey: its other nouns",
+        f"({100 * shown / pairs:.0f}%){sampled}\nouter ring: the top {SUNBURST_NOUNS} nouns of each verb; "
+        "grey: its other nouns",
         ha="center",
         fontsize=10.5,
         color="0.3",
@@ -155,7 +185,6 @@ def _sunburst(col: ColumnStats) -> Figure:
         if at - (start - span) > 1e-9:
             _wedge(ax, start - span, at, _OUTER, (0.93, 0.93, 0.93))
         start -= span
-    return fig
 
 
 def _wedge(
@@ -163,6 +192,14 @@ def _wedge(
 ) -> None:
     inner, outer = radii
     ax.add_patch(Wedge((0, 0), outer, theta1, theta2, width=outer - inner, facecolor=color, edgecolor="white", lw=1.2))
+
+
+def conv_label(col: ColumnStats) -> str:
+    """The paper's curve names: Conv0 = the seeds judged against themselves, ConvN = round N's survivors."""
+    if col.kind == "seeds":
+        return f"Conv0: {col.name} judged against themselves"
+    found = _ROUND.match(col.name) if col.kind == "round" else None
+    return f"Conv{found.group(1)}: {col.name}, items judged improved" if found else col.name
 
 
 def _density_scores(col: ColumnStats) -> dict[str, int]:
@@ -186,7 +223,7 @@ def _kde(values: np.ndarray, weights: np.ndarray, grid: np.ndarray) -> np.ndarra
 def _score_density(columns: Sequence[ColumnStats]) -> Figure:
     fig = _figure(10, 6)
     ax = fig.add_subplot()
-    ax.set_title("judge score density per column", fontsize=14)
+    ax.set_title("judge score density per column (Conv0 = seeds judged against themselves)", fontsize=14)
     judged = [(c, _density_scores(c)) for c in columns]
     judged = [(c, s) for c, s in judged if s]
     if not judged:
@@ -199,7 +236,7 @@ def _score_density(columns: Sequence[ColumnStats]) -> Figure:
         values = np.array([float(k) for k in scores])
         weights = np.array([float(v) for v in scores.values()])
         mean = float((values * weights).sum() / weights.sum())
-        label = f"{col.name} (n={int(weights.sum()):,}, mean {mean:.2f})"
+        label = f"{conv_label(col)} (n={int(weights.sum()):,}, mean {mean:.2f})"
         ax.plot(grid, _kde(values, weights, grid), lw=2, label=label)
     ax.set_xlabel("judge score")
     ax.set_ylabel("density")

@@ -6,11 +6,20 @@ default templates file by file; every template is compiled and test-rendered onc
 syntax error, an undefined variable or a template that never shows the items is a `UsageError` naming
 the file and line before any request is sent.
 
-Contract with the parsers of prompts (the fake test server): an evolution prompt shows the given items
-as a ```json array right after its LAST ``### Given Q&A&S`` line and never contains
-``### Original Q&A&S``; a judge prompt contains ``### Original Q&A&S`` and shows the rewritten items as a
-```json array right after its LAST ``### Rewritten Q&A&S`` line. Seed text cannot break this: a
-reserved heading inside the data is escaped (``#`` as ``\\u0023`` in JSON, ``##`` in the description).
+Layout for provider prompt caching: a template may consist of two blocks, ``{% block fixed %}`` (the
+text that does not depend on the sample: instructions, schema, examples) and ``{% block sample %}``
+(the sample's description, boxes, items and the final instruction), and nothing outside them. Each
+render is then a `PromptParts` whose ``fixed + sample`` is the whole prompt; the client sends the fixed
+text first, then the image, then the sample's text. The fixed part is rendered once per distinct value
+of the variables it uses (for the defaults: the operator and whether the sample has boxes) and reused.
+A template without blocks renders as one sample part (``fixed == ""``).
+
+Contract with the parsers of prompts (the fake test server): each kind shows its items as a ```json
+array right after its LAST heading line: ``### Given Q&A&S`` (evolution; never ``### Original Q&A&S``),
+``### Rewritten Q&A&S`` after ``### Original Q&A&S`` (judge), ``### Q&A&S to Annotate`` (annotation),
+``### Q&A&S to Split`` (claim splitting) and ``### Claims to Check`` (claim checking). Seed text cannot
+break this: a reserved heading inside the data is escaped (``#`` as ``\\u0023`` in JSON, ``##`` in the
+description).
 """
 
 from __future__ import annotations
@@ -22,11 +31,13 @@ import re
 import shutil
 import traceback
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import jinja2.meta
+from jinja2 import nodes
 
 import evolve
 from evolve.errors import UsageError
@@ -34,16 +45,43 @@ from evolve.records import QAS, Box, Sample, Step
 
 OPERATORS: tuple[str, ...] = ("perceptual", "reasoning", "interaction")
 JUDGE = "judge"
+ANNOTATE = "annotate"
+CLAIMS_SPLIT = "claims_split"
+CLAIMS_CHECK = "claims_check"
+TASKS: tuple[str, ...] = (*OPERATORS, JUDGE, ANNOTATE, CLAIMS_SPLIT, CLAIMS_CHECK)
 PREFIX = "_prefix.j2"
 SYSTEM = "system.txt"
-REQUIRED: tuple[str, ...] = (*(f"{op}.j2" for op in OPERATORS), f"{JUDGE}.j2", SYSTEM)
+REQUIRED: tuple[str, ...] = (*(f"{task}.j2" for task in TASKS), SYSTEM)
+FIXED_BLOCK = "fixed"
+SAMPLE_BLOCK = "sample"
+MAX_CLAIMS = 5  # per item, asked of the claim splitter
 
 GIVEN_HEADING = "### Given Q&A&S"
 ORIGINAL_HEADING = "### Original Q&A&S"
 REWRITTEN_HEADING = "### Rewritten Q&A&S"
-_RESERVED = re.compile(r"#+(?= (?:Given|Original|Rewritten) Q&A&S)")
+ANNOTATE_HEADING = "### Q&A&S to Annotate"
+SPLIT_HEADING = "### Q&A&S to Split"
+CHECK_HEADING = "### Claims to Check"
+_RESERVED = re.compile(
+    r"#+(?= (?:Given Q&A&S|Original Q&A&S|Rewritten Q&A&S|Q&A&S to Annotate|Q&A&S to Split|Claims to Check))"
+)
 _CONTEXT_VARS = frozenset({"caption", "locations", "has_caption", "has_boxes"})
+_OFFICIAL_TAGS = {"bf_in_breath": "perceptual", "df_cot": "reasoning", "df_format": "interaction"}
+_FIXED_CACHE_MAX = 256  # distinct fixed parts kept (a fixed block that uses sample data would grow it)
 _enc: Callable[[str], str] = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses
+
+
+@dataclass(frozen=True, slots=True)
+class PromptParts:
+    """A prompt as the text that does not depend on the sample (a cacheable prefix) and the sample's text."""
+
+    fixed: str
+    sample: str
+
+    @property
+    def text(self) -> str:
+        """The whole prompt, exactly as the plain ``render_*`` returns it."""
+        return self.fixed + self.sample
 
 
 def default_prompts_dir() -> Path:
@@ -110,31 +148,35 @@ def _core_json(item: QAS) -> str:
     )
 
 
-def _judge_json(item: QAS) -> str:
-    """Question, answer and format of an item, as one element of an ``indent=1`` JSON array."""
-    return (
-        ' {\n  "question": '
-        + _enc(item.question)
-        + ',\n  "answer": '
-        + _enc(item.answer)
-        + ',\n  "format": '
-        + _enc(item.format)
-        + "\n }"
-    )
+def _object_json(fields: Iterable[tuple[str, str]]) -> str:
+    """One element of an ``indent=1`` JSON array from (key, already encoded value) pairs."""
+    return " {\n" + ",\n".join(f'  "{key}": {value}' for key, value in fields) + "\n }"
+
+
+def _judge_json(item: QAS, operator: str | None) -> str:
+    """What the judge sees of an item: question, answer and format, plus what the operator's criterion
+    is about (the objects of a perceptual rewrite, the steps of a reasoning one)."""
+    text = ' {\n  "question": ' + _enc(item.question) + ',\n  "answer": ' + _enc(item.answer)
+    text += ',\n  "format": ' + _enc(item.format)
+    if operator == "perceptual":
+        text += ',\n  "objects": ' + _names(item.objects)
+    elif operator == "reasoning":
+        text += ',\n  "steps": ' + _steps(item.steps)
+    return text + "\n }"
 
 
 def _dumps(elements: list[str]) -> str:
     """The JSON block of a prompt from its encoded elements; a reserved heading inside the data gets its
     ``#`` written ``\\u0023`` (the same JSON value, but no longer the heading text)."""
     text = "[\n" + ",\n".join(elements) + "\n]" if elements else "[]"
-    if "Q&A&S" in text and _RESERVED.search(text):
+    if "#" in text and _RESERVED.search(text):
         text = text.replace("#", "\\u0023")
     return text
 
 
 def _plain(text: str) -> str:
     """Free text shown outside a JSON block: a reserved heading inside it is demoted to ``##``."""
-    if "Q&A&S" in text:
+    if "#" in text:
         return _RESERVED.sub("##", text)
     return text
 
@@ -164,6 +206,12 @@ def _context(sample: Sample) -> dict[str, Any]:
     }
 
 
+def judged_operator(operator: str | None) -> str | None:
+    """The operator whose criterion the judge applies: one of OPERATORS (official tags mapped), else None."""
+    operator = _OFFICIAL_TAGS.get(operator or "", operator)
+    return operator if operator in OPERATORS else None
+
+
 def evolution_variables(operator: str, sample: Sample) -> dict[str, Any]:
     """Everything an evolution template may use."""
     values = _context(sample)
@@ -174,13 +222,61 @@ def evolution_variables(operator: str, sample: Sample) -> dict[str, Any]:
 
 
 def judge_variables(parent: Sample, child: Sample, context: bool = True) -> dict[str, Any]:
-    """Everything the judge template may use: the items' question, answer and format, and (unless
-    `context` is false: the default template does not show it) the parent's description and boxes."""
+    """Everything the judge template may use: the child's operator, the items (question, answer, format
+    and the operator's own field), and (unless `context` is false: the default template does not show
+    it) the parent's description and boxes."""
+    operator = judged_operator(child.operator)
     values = _context(parent) if context else {}
+    values["operator"] = operator
     values["n_original"] = len(parent.qa)
     values["n_rewritten"] = len(child.qa)
-    values["original_qa"] = _dumps([_judge_json(q) for q in parent.qa])
-    values["rewritten_qa"] = _dumps([_judge_json(q) for q in child.qa])
+    values["original_qa"] = _dumps([_judge_json(q, operator) for q in parent.qa])
+    values["rewritten_qa"] = _dumps([_judge_json(q, operator) for q in child.qa])
+    return values
+
+
+def annotation_variables(sample: Sample, context: bool = True) -> dict[str, Any]:
+    """Everything the annotation template may use: the items' index, position, question and answer."""
+    values = _context(sample) if context else {}
+    values["n_items"] = len(sample.qa)
+    values["items_qa"] = _dumps(
+        [
+            _object_json(
+                (
+                    ("index", str(number)),
+                    ("image_position", _enc(q.image_position)),
+                    ("question", _enc(q.question)),
+                    ("answer", _enc(q.answer)),
+                )
+            )
+            for number, q in enumerate(sample.qa, start=1)
+        ]
+    )
+    return values
+
+
+def claim_split_variables(sample: Sample, context: bool = True) -> dict[str, Any]:
+    """Everything the claim-splitting template may use: the items' index, question and answer."""
+    values = _context(sample) if context else {}
+    values["n_items"] = len(sample.qa)
+    values["max_claims"] = MAX_CLAIMS
+    values["items_qa"] = _dumps(
+        [
+            _object_json((("index", str(number)), ("question", _enc(q.question)), ("answer", _enc(q.answer))))
+            for number, q in enumerate(sample.qa, start=1)
+        ]
+    )
+    return values
+
+
+def claim_check_variables(sample: Sample, claims: list[list[str]], context: bool = True) -> dict[str, Any]:
+    """Everything the claim-checking template may use: the claims of all items, numbered from 1."""
+    flat = [claim for item_claims in claims for claim in item_claims]
+    values = _context(sample) if context else {}
+    values["n_claims"] = len(flat)
+    values["claims_json"] = _dumps(
+        [_object_json((("id", str(number)), ("claim", _enc(c)))) for number, c in enumerate(flat, start=1)]
+    )
     return values
 
 
@@ -242,6 +338,20 @@ _PROBES = (
     ),
     Sample(id="probe-2", qa=[QAS(question="probe question three?", answer="probe answer three.")]),
 )
+_PROBE_CLAIMS = ([["probe claim one.", "probe claim two."], []], [["probe claim three."]])
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """One task's template: its blocks, the variables its fixed block depends on, and whether it shows
+    the sample's description and boxes."""
+
+    name: str
+    template: jinja2.Template
+    globals: dict[str, Any]
+    blocks: tuple[str, ...]  # (), or the layout blocks it defines, in order
+    fixed_keys: tuple[str, ...] | None  # None: unknown (a dynamic include), the fixed part is not reused
+    context: bool
 
 
 class PromptSet:
@@ -261,25 +371,66 @@ class PromptSet:
             auto_reload=False,
         )
         self.system: str = texts[SYSTEM].strip()
-        self._templates: dict[str, jinja2.Template] = {}
+        self._fixed_cache: dict[tuple[Any, ...], str] = {}
+        self._compiled: dict[str, _Compiled] = {}
         try:
-            for name in (*OPERATORS, JUDGE):
-                self._templates[name] = self._env.get_template(f"{name}.j2")
-            judge_vars = self._variables(f"{JUDGE}.j2", set())
+            for task in TASKS:
+                self._compiled[task] = self._compile(task)
         except jinja2.TemplateError as exc:
             raise _usage(exc, paths, "cannot compile") from exc
-        self._judge_context = judge_vars is None or bool(judge_vars & _CONTEXT_VARS)
-        self._globals = {name: dict(template.globals) for name, template in self._templates.items()}
         self._check()
+
+    def _compile(self, task: str) -> _Compiled:
+        name = f"{task}.j2"
+        template = self._env.get_template(name)
+        tree = self._parse(name)
+        blocks = self._layout(tree, name)
+        used = self._variables(name, set())
+        fixed_keys: tuple[str, ...] | None = ()
+        if FIXED_BLOCK in blocks:
+            fixed = next(n for n in tree.body if isinstance(n, nodes.Block) and n.name == FIXED_BLOCK)
+            fixed_vars = self._node_variables(nodes.Template(fixed.body, lineno=fixed.lineno), set())
+            fixed_keys = None if fixed_vars is None else tuple(sorted(fixed_vars))
+        context = used is None or bool(used & _CONTEXT_VARS)
+        return _Compiled(task, template, dict(template.globals), blocks, fixed_keys, context)
+
+    def _parse(self, name: str) -> nodes.Template:
+        source = self._loader.get_source(self._env, name)[0]
+        return self._env.parse(source, name, str(self._paths[name]))
+
+    def _layout(self, tree: nodes.Template, name: str) -> tuple[str, ...]:
+        """The layout blocks a template defines; refuses output outside them once it uses them."""
+        top = [n.name for n in tree.body if isinstance(n, nodes.Block)]
+        if not {FIXED_BLOCK, SAMPLE_BLOCK} & set(top):
+            return ()
+        path = self._paths[name]
+        for node in tree.body:
+            if isinstance(node, nodes.Block) and node.name in (FIXED_BLOCK, SAMPLE_BLOCK):
+                continue
+            if isinstance(node, nodes.Output) and all(
+                isinstance(part, nodes.TemplateData) and not part.data.strip() for part in node.nodes
+            ):
+                continue
+            raise UsageError(
+                f"prompt template {path} line {node.lineno}: text outside {{% block {FIXED_BLOCK} %}} and "
+                f"{{% block {SAMPLE_BLOCK} %}} (put it inside one of them)"
+            )
+        if top == [SAMPLE_BLOCK, FIXED_BLOCK]:
+            raise UsageError(f"prompt template {path}: {{% block {FIXED_BLOCK} %}} must come first")
+        return tuple(top)
 
     def _variables(self, name: str, seen: set[str]) -> set[str] | None:
         """The variables a template and the templates it includes refer to (None: an include is dynamic)."""
-        source = self._loader.get_source(self._env, name)[0]
-        tree = self._env.parse(source, name, str(self._paths[name]))
+        return self._node_variables(self._parse(name), seen)
+
+    def _node_variables(self, tree: nodes.Template, seen: set[str]) -> set[str] | None:
+        tree.set_environment(self._env)
         found = set(jinja2.meta.find_undeclared_variables(tree))
         for ref in jinja2.meta.find_referenced_templates(tree):
             if ref is None:
                 return None
+            if ref not in self._loader.texts:
+                continue  # the probe render reports it, with the file and line of the include
             if ref not in seen:
                 seen.add(ref)
                 inner = self._variables(ref, seen)
@@ -317,44 +468,109 @@ class PromptSet:
         """Render every template on probe samples: errors surface now, not at the first request."""
         for probe in _PROBES:
             for operator in OPERATORS:
-                values = evolution_variables(operator, probe)
-                text = self._render(operator, values)
-                if values["given_qa"] not in text:
-                    raise UsageError(
-                        f"prompt template {self._paths[operator + '.j2']}: never shows the given items "
-                        "(use {{ given_qa }})"
-                    )
+                self._require(operator, evolution_variables(operator, probe), "given_qa", "given items")
+            self._require(ANNOTATE, self._annotation_values(probe), "items_qa", "items")
+            self._require(CLAIMS_SPLIT, self._claim_split_values(probe), "items_qa", "items")
+        for probe, claims in zip(_PROBES, _PROBE_CLAIMS, strict=True):
+            self._require(CLAIMS_CHECK, self._claim_check_values(probe, claims), "claims_json", "claims")
         for parent, child in (_PROBES, _PROBES[::-1]):
-            values = judge_variables(parent, child, self._judge_context)
-            text = self._render(JUDGE, values)
-            for shown in ("original_qa", "rewritten_qa"):
-                if values[shown] not in text:
-                    raise UsageError(
-                        f"prompt template {self._paths[JUDGE + '.j2']}: never shows the "
-                        f"{shown.split('_')[0]} items (use {{{{ {shown} }}}})"
-                    )
+            for judged in (None, *OPERATORS):
+                values = self._judge_values(parent, child.model_copy(update={"operator": judged}))
+                self._require(JUDGE, values, "original_qa", "original items")
+                self._require(JUDGE, values, "rewritten_qa", "rewritten items")
 
-    def _render(self, name: str, values: dict[str, Any]) -> str:
-        template = self._templates[name]
+    def _require(self, task: str, values: dict[str, Any], shown: str, what: str) -> None:
+        """Refuse a template whose render does not show `values[shown]`."""
+        if values[shown] not in self._parts(task, values).text:
+            raise UsageError(
+                f"prompt template {self._paths[task + '.j2']}: never shows the {what} (use {{{{ {shown} }}}})"
+            )
+
+    # rendering ---------------------------------------------------------------------------------
+
+    def _run(self, compiled: _Compiled, block: str | None, values: dict[str, Any]) -> str:
+        """Render a whole template (block None) or one of its blocks."""
+        template = compiled.template
         try:  # Template.render minus merging its globals (a ChainMap) into a new dict on every call
-            context = template.new_context({**self._globals[name], **values}, shared=True)
-            return template.environment.concat(template.root_render_func(context))
-        except Exception:
-            pass  # render again the documented way: its exception carries the template's file and line
-        try:
-            return template.render(values)
-        except Exception as exc:  # a user's template may raise anything (1/0, a bad method call ...)
-            raise _usage(exc, self._paths, f"rendering {name}.j2") from exc
+            context = template.new_context({**compiled.globals, **values}, shared=True)
+            render = template.root_render_func if block is None else template.blocks[block]
+            return template.environment.concat(render(context))
+        except Exception:  # a user's template may raise anything (1/0, a bad method call ...)
+            try:
+                self._env.handle_exception()  # re-raises with the template's file and line in the traceback
+            except Exception as exc:
+                raise _usage(exc, self._paths, f"rendering {compiled.name}.j2") from exc
+            raise  # pragma: no cover - handle_exception always raises
+
+    def _parts(self, task: str, values: dict[str, Any]) -> PromptParts:
+        compiled = self._compiled[task]
+        if not compiled.blocks:
+            return PromptParts("", self._run(compiled, None, values))
+        fixed = ""
+        if FIXED_BLOCK in compiled.blocks:
+            key = None if compiled.fixed_keys is None else (task, *map(values.get, compiled.fixed_keys))
+            known = None if key is None else self._fixed_cache.get(key)
+            if known is None:
+                known = self._run(compiled, FIXED_BLOCK, values)
+                if key is not None and len(self._fixed_cache) < _FIXED_CACHE_MAX:
+                    self._fixed_cache[key] = known
+            fixed = known
+        sample = self._run(compiled, SAMPLE_BLOCK, values) if SAMPLE_BLOCK in compiled.blocks else ""
+        return PromptParts(fixed, sample)
+
+    def _judge_values(self, parent: Sample, child: Sample) -> dict[str, Any]:
+        return judge_variables(parent, child, self._compiled[JUDGE].context)
+
+    def _annotation_values(self, sample: Sample) -> dict[str, Any]:
+        return annotation_variables(sample, self._compiled[ANNOTATE].context)
+
+    def _claim_split_values(self, sample: Sample) -> dict[str, Any]:
+        return claim_split_variables(sample, self._compiled[CLAIMS_SPLIT].context)
+
+    def _claim_check_values(self, sample: Sample, claims: list[list[str]]) -> dict[str, Any]:
+        return claim_check_variables(sample, claims, self._compiled[CLAIMS_CHECK].context)
+
+    def render_evolution_parts(self, operator: str, sample: Sample) -> PromptParts:
+        """The prompt asking `operator` to rewrite every Q&A&S of `sample`, as fixed and sample parts."""
+        if operator not in OPERATORS:
+            raise UsageError(f"unknown operator {operator!r}; expected one of {', '.join(OPERATORS)}")
+        return self._parts(operator, evolution_variables(operator, sample))
 
     def render_evolution(self, operator: str, sample: Sample) -> str:
         """The user text asking `operator` to rewrite every Q&A&S of `sample`."""
-        if operator not in OPERATORS:
-            raise UsageError(f"unknown operator {operator!r}; expected one of {', '.join(OPERATORS)}")
-        return self._render(operator, evolution_variables(operator, sample))
+        return self.render_evolution_parts(operator, sample).text
+
+    def render_judge_parts(self, parent: Sample, child: Sample) -> PromptParts:
+        """The judge's prompt about every rewrite of `child` against `parent` (criterion: child.operator)."""
+        return self._parts(JUDGE, self._judge_values(parent, child))
 
     def render_judge(self, parent: Sample, child: Sample) -> str:
         """The user text asking the judge about every rewrite of `child` against `parent`."""
-        return self._render(JUDGE, judge_variables(parent, child, self._judge_context))
+        return self.render_judge_parts(parent, child).text
+
+    def render_annotation_parts(self, sample: Sample) -> PromptParts:
+        """The prompt asking for objects, skills and steps of every item of `sample`, as two parts."""
+        return self._parts(ANNOTATE, self._annotation_values(sample))
+
+    def render_annotation(self, sample: Sample) -> str:
+        """The user text asking for objects, skills and steps of every item of `sample`."""
+        return self.render_annotation_parts(sample).text
+
+    def render_claim_split_parts(self, sample: Sample) -> PromptParts:
+        """The (text-only) prompt splitting each item's answer into yes/no claims, as two parts."""
+        return self._parts(CLAIMS_SPLIT, self._claim_split_values(sample))
+
+    def render_claim_split(self, sample: Sample) -> str:
+        """The (text-only) user text splitting each item's answer into yes/no claims."""
+        return self.render_claim_split_parts(sample).text
+
+    def render_claim_check_parts(self, sample: Sample, claims: list[list[str]]) -> PromptParts:
+        """The prompt (sent with the image) asking yes/no/unsure for each claim of each item, as two parts."""
+        return self._parts(CLAIMS_CHECK, self._claim_check_values(sample, claims))
+
+    def render_claim_check(self, sample: Sample, claims: list[list[str]]) -> str:
+        """The user text (sent with the image) asking yes/no/unsure for every claim, numbered from 1."""
+        return self.render_claim_check_parts(sample, claims).text
 
     def hashes(self) -> dict[str, str]:
         """sha256 of the text of each template file in use, by file name (for run.json)."""

@@ -1,10 +1,13 @@
-"""The canonical record (Sample of QAS items) and the three seed formats it is read from and exported to.
+"""The canonical record (Sample of QAS items), the three formats it is read from, and the JSON reader.
 
 Formats, detected per record:
 - ``mmevol``: MMEvol native (``conversations_v0`` … ``conversations_vN``, ``caption``, ``det``);
 - ``llava``: ``conversations`` of ``from``/``value`` turns, ``<image>`` in the first human turn;
 - ``sharegpt``: ``messages`` of ``role``/``content`` (or LLaMA-Factory's ``conversations`` with an
   ``images`` list).
+A line that cannot be a record (invalid JSON or UTF-8, nesting deeper than MAX_NESTING, a number Python will
+not read, a lone surrogate) is a Rejected with file:line and a reason, never an exception. Seeds of every kind
+(parquet, datasets folders, manifests) are read by `evolve.sources`; exports are written by `evolve.export`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -25,6 +28,9 @@ from evolve.idset import CompactIdSet
 Format = Literal["mmevol", "llava", "sharegpt"]
 FORMATS: tuple[Format, ...] = ("mmevol", "llava", "sharegpt")
 MAX_RECORD_BYTES = 4 * 1024 * 1024
+MAX_NESTING = 100
+"""Deepest nesting of lists and objects accepted in a record (the JSON writers stop near 255)."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _IMAGE_TOKEN = re.compile(r"\s*<image>\s*")
 _NATIVE_KEY = re.compile(r"^conversations_v(\d+)$")
 
@@ -52,8 +58,35 @@ class Step(BaseModel):
         return None if value is None else str(_as_text(value))
 
 
+class Vote(BaseModel):
+    """One judge vote on an item (with --judge-votes N the item's verdict is their majority)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    improved: bool
+    score: float
+
+
+class Claim(BaseModel):
+    """A yes/no claim an answer makes about the image, and what the check with the image said (None: unsure)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    claim: str
+    verdict: bool | None = None
+
+
+def _unset(value: Any) -> bool:
+    return value is None
+
+
 class QAS(BaseModel):
-    """One question-answer-steps item, with the judge's verdict once judged."""
+    """One question-answer-steps item, with the judge's verdict once judged.
+
+    The optional fields after `reason` are only written when set: `source` (the position of the parent item it
+    rewrites), `violations` (rule checks it failed), `votes`, `claims` (claim verification) and `twin` (the
+    question it nearly repeats).
+    """
 
     model_config = ConfigDict(extra="ignore")
 
@@ -67,6 +100,11 @@ class QAS(BaseModel):
     improved: bool | None = None
     score: float | None = None
     reason: str | None = None
+    source: int | None = Field(default=None, exclude_if=_unset)
+    violations: list[str] | None = Field(default=None, exclude_if=_unset)
+    votes: list[Vote] | None = Field(default=None, exclude_if=_unset)
+    claims: list[Claim] | None = Field(default=None, exclude_if=_unset)
+    twin: str | None = Field(default=None, exclude_if=_unset)
 
     @field_validator("answer", mode="before")
     @classmethod
@@ -139,18 +177,27 @@ class Sample(BaseModel):
         if not self.seed_id:
             self.seed_id = self.id
 
-    def to_json(self) -> str:
-        """The canonical one-line JSON form written to every JSONL file."""
-        return self.model_dump_json(exclude_none=False)
+
+Shape = Literal["mmevol", "llava", "sharegpt", "qa-columns"]
+"""The shape a record was read in: one of the three formats, or plain question/answer columns of a table."""
 
 
 @dataclass(frozen=True)
 class Loaded:
-    """A record read from a file, with the format it was detected as and where it stood."""
+    """A record read from a seed source, with the shape it was detected as and where it stood.
+
+    `base` is the folder its relative image path starts from (the seed file's folder); `stored_image` is True
+    when its image arrived as bytes and `sample.image` is the absolute path of the copy in the image store.
+    `source` and `index` name the seed input (file or folder) it came from and that input's place in the list.
+    """
 
     sample: Sample
-    format: Format
+    format: Shape
     where: str
+    base: Path | None = None
+    stored_image: bool = False
+    source: Path | None = None
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -159,6 +206,8 @@ class Rejected:
 
     where: str
     reason: str
+    source: Path | None = None
+    index: int = 0
 
 
 # --------------------------------------------------------------------------- detection and conversion
@@ -175,6 +224,14 @@ def detect_format(raw: dict[str, Any]) -> Format:
     if {"qa", "id"} <= raw.keys():
         return "mmevol"
     raise ValueError("not a known record: expected conversations_v0, conversations or messages")
+
+
+def known_format(raw: dict[str, Any]) -> Format | None:
+    """The format of a decoded record, or None when it is none of the three."""
+    try:
+        return detect_format(raw)
+    except ValueError:
+        return None
 
 
 def _caption_text(caption: Any) -> str | None:
@@ -288,9 +345,9 @@ def parse_record(raw: Any, where: str, fmt: Format | None = None) -> tuple[Sampl
     """Turn one decoded JSON value into a Sample; raises RecordError with a one-line reason."""
     if not isinstance(raw, dict):
         raise RecordError(where, f"expected a JSON object, got {type(raw).__name__}")
+    if _is_canonical(raw) and fmt in (None, "mmevol"):
+        return sample_from_fields(raw, where), "mmevol"
     try:
-        if _is_canonical(raw) and fmt in (None, "mmevol"):
-            return Sample.model_validate(raw), "mmevol"
         found = fmt or detect_format(raw)
         if found == "mmevol":
             fields = _from_native(raw)
@@ -298,15 +355,28 @@ def parse_record(raw: Any, where: str, fmt: Format | None = None) -> tuple[Sampl
             fields = _from_llava(raw, where)
         else:
             fields = _from_sharegpt(raw, where)
+    except RecursionError:
+        raise RecordError(where, f"nested more than {MAX_NESTING} levels deep") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RecordError(where, str(exc) or type(exc).__name__) from exc
+    return sample_from_fields(fields, where), found
+
+
+def sample_from_fields(fields: dict[str, Any], where: str) -> Sample:
+    """Validate Sample fields (id defaulting to the place, e.g. `seeds.jsonl:3`); RecordError with one line."""
+    try:
         if fields.get("id") in (None, ""):
             fields["id"] = where.rsplit("/", 1)[-1]
         elif not isinstance(fields["id"], str):
             fields["id"] = str(fields["id"])
         if not fields["qa"]:
             raise ValueError("no Q&A items")
-        return Sample.model_validate(fields), found
+        _check_value(where, fields.get("meta"), strings=False)
+        return Sample.model_validate(fields)
     except ValidationError as exc:
         raise RecordError(where, _compact(exc)) from exc
+    except RecursionError:
+        raise RecordError(where, f"nested more than {MAX_NESTING} levels deep") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RecordError(where, str(exc) or type(exc).__name__) from exc
 
@@ -328,24 +398,53 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
         yield from enumerate(fp, start=1)
 
 
-def _decode(where: str, raw: bytes, max_bytes: int) -> Any:
-    if len(raw) > max_bytes:
+def _decode(where: str, raw: bytes, max_bytes: int | None) -> Any:
+    if max_bytes is not None and len(raw) > max_bytes:
         size = len(raw) / 1024 / 1024
         raise RecordError(where, f"line is {size:.1f} MB, over the {max_bytes // 1024 // 1024} MB limit")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        pass  # the stdlib decides (NaN, huge integers) and words the error
+        pass  # the stdlib decides (NaN, huge integers, lone surrogates) and words the error
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RecordError(where, f"not UTF-8 text (byte {exc.start})") from exc
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         if not text.endswith("\n"):
             raise RecordError(where, f"truncated or invalid JSON: {exc.msg}") from exc
         raise RecordError(where, f"invalid JSON: {exc.msg} at column {exc.colno}") from exc
+    except RecursionError:
+        raise RecordError(where, f"nested more than {MAX_NESTING} levels deep") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise RecordError(where, f"unusable number: {exc}") from None
+    _check_value(where, value, strings=True)
+    return value
+
+
+def _check_value(where: str, value: Any, *, strings: bool) -> None:
+    """Refuse what the writers cannot write: nesting deeper than MAX_NESTING, and (with `strings`) a lone
+    surrogate in a string (JSON can spell one as \\ud800, UTF-8 cannot encode it)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+            if strings:
+                children = [*item.keys(), *children]
+        elif isinstance(item, list):
+            children = item
+        else:
+            found = _SURROGATE.search(item) if strings and isinstance(item, str) and not item.isascii() else None
+            if found is not None:
+                code = f"\\u{ord(found.group()):04x}"
+                raise RecordError(where, f"a string holds a lone surrogate ({code}): not valid Unicode text")
+            continue
+        if depth > MAX_NESTING:
+            raise RecordError(where, f"nested more than {MAX_NESTING} levels deep")
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _first_byte(path: Path) -> bytes:
@@ -357,7 +456,25 @@ def _first_byte(path: Path) -> bytes:
     return b""
 
 
-def iter_raw(path: Path, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[tuple[str, Any] | Rejected]:
+def _json_array(path: Path) -> list[Any]:
+    data = path.read_bytes()
+    try:
+        values = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            values = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not a valid JSON array ({exc})") from exc
+        except RecursionError:
+            raise InputError(f"{path}: nested more than {MAX_NESTING} levels deep") from None
+        except ValueError as exc:
+            raise InputError(f"{path}: unusable number ({exc})") from None
+    if not isinstance(values, list):
+        raise InputError(f"{path}: expected a JSON array of records")
+    return values
+
+
+def iter_raw(path: Path, max_bytes: int | None = MAX_RECORD_BYTES) -> Iterator[tuple[str, Any] | Rejected]:
     """Yield (where, decoded JSON) per record of a JSONL file or a JSON array, or a Rejected."""
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -365,14 +482,14 @@ def iter_raw(path: Path, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[tuple[st
     if first == b"":
         raise InputError(f"{path}: empty file, no records")
     if first == b"[":
-        try:
-            values = json.loads(path.read_bytes())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path}: not a valid JSON array ({exc})") from exc
-        if not isinstance(values, list):
-            raise InputError(f"{path}: expected a JSON array of records")
-        for index, value in enumerate(values, start=1):
-            yield f"{path}:item {index}", value
+        for index, value in enumerate(_json_array(path), start=1):
+            where = f"{path}:item {index}"
+            try:
+                _check_value(where, value, strings=True)
+            except RecordError as exc:
+                yield Rejected(exc.where, exc.reason)
+                continue
+            yield where, value
         return
     for lineno, raw in _lines(path):
         where = f"{path}:{lineno}"
@@ -388,9 +505,13 @@ def read_samples(
     path: Path | str,
     *,
     fmt: Format | None = None,
-    max_bytes: int = MAX_RECORD_BYTES,
+    max_bytes: int | None = MAX_RECORD_BYTES,
 ) -> Iterator[Loaded | Rejected]:
-    """Stream the records of one file as Loaded or Rejected, in file order; ids made unique per file."""
+    """Stream the records of one JSON/JSONL file as Loaded or Rejected, in file order; ids made unique per file.
+
+    Seeds of a run are read by `evolve.sources.read_seed_files` (every format, ids unique across files);
+    this reads one file of records, such as evolve's own output (`max_bytes=None`: no line size limit).
+    """
     path = Path(path)
     seen = CompactIdSet()
     for item in iter_raw(path, max_bytes):
@@ -403,12 +524,18 @@ def read_samples(
         except RecordError as exc:
             yield Rejected(exc.where, exc.reason)
             continue
-        if not seen.add_new(sample.id):
-            base, n = sample.id, 2
-            while not seen.add_new(f"{base}~{n}"):
-                n += 1
-            sample.id = sample.seed_id = f"{base}~{n}"
-        yield Loaded(sample, found, where)
+        unique_id(sample, seen)
+        yield Loaded(sample, found, where, base=path.parent, source=path)
+
+
+def unique_id(sample: Sample, seen: CompactIdSet) -> None:
+    """Rename `sample` to `id~2`, `id~3` ... when its id was seen already (deterministic in reading order)."""
+    if seen.add_new(sample.id):
+        return
+    base, n = sample.id, 2
+    while not seen.add_new(f"{base}~{n}"):
+        n += 1
+    sample.id = sample.seed_id = f"{base}~{n}"
 
 
 def load_samples(path: Path | str, *, strict: bool = False) -> Iterator[Sample]:
@@ -424,83 +551,20 @@ def load_samples(path: Path | str, *, strict: bool = False) -> Iterator[Sample]:
 # --------------------------------------------------------------------------- writing and export
 
 
-class JsonlWriter:
-    """Append canonical JSON lines to a file, flushing after each record."""
-
-    def __init__(self, path: Path, mode: str = "a") -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._fp: IO[str] = path.open(mode, encoding="utf-8")
-
-    def write(self, record: BaseModel | dict[str, Any]) -> None:
-        """Write one record as one line and flush it to the OS."""
-        if isinstance(record, BaseModel):
-            line = record.model_dump_json()
-        else:
-            line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
-        self._fp.write(line + "\n")
-        self._fp.flush()
-
-    def close(self) -> None:
-        """Close the file."""
-        self._fp.close()
-
-    def __enter__(self) -> JsonlWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 def write_samples(path: Path, samples: Iterable[Sample]) -> int:
     """Write samples as canonical JSONL (replacing the file); returns how many."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     count = 0
-    with JsonlWriter(path, mode="w") as writer:
+    with path.open("w", encoding="utf-8") as fp:
         for sample in samples:
-            writer.write(sample)
+            fp.write(sample.model_dump_json() + "\n")
             count += 1
     return count
 
 
-def _dialogue(sample: Sample, image_token: str) -> Iterator[tuple[str, str]]:
-    """(question, answer) turns, the image token before the first question when there is an image."""
-    for index, item in enumerate(sample.qa):
-        prefix = image_token if index == 0 and sample.image else ""
-        yield prefix + item.question, item.answer
-
-
-def to_llava(sample: Sample) -> dict[str, Any]:
-    """A LLaVA training record: ``<image>`` on the first human turn when there is an image."""
-    turns = [
-        turn
-        for question, answer in _dialogue(sample, "<image>\n")
-        for turn in ({"from": "human", "value": question}, {"from": "gpt", "value": answer})
-    ]
-    record: dict[str, Any] = {"id": sample.id, "conversations": turns}
-    if sample.image:
-        record["image"] = sample.image
-    return record
-
-
-def to_sharegpt(sample: Sample) -> dict[str, Any]:
-    """A ShareGPT record as LLaMA-Factory reads it: ``messages`` and an ``images`` list."""
-    messages = [
-        turn
-        for question, answer in _dialogue(sample, "<image>")
-        for turn in ({"role": "user", "content": question}, {"role": "assistant", "content": answer})
-    ]
-    return {"id": sample.id, "messages": messages, "images": [sample.image] if sample.image else []}
-
-
-def to_mmevol(sample: Sample) -> dict[str, Any]:
-    """The canonical record itself, as a dict."""
-    return sample.model_dump()
-
-
-EXPORTERS = {"llava": to_llava, "sharegpt": to_sharegpt, "mmevol": to_mmevol}
-
-
-Stage = Literal["input", "evolve", "judge", "eliminate"]
+DropStage = Literal["input", "annotate", "evolve", "check", "judge", "eliminate", "verify", "dedup"]
+"""Where something was dropped: a seed line (input), a failed call or unreadable answer (annotate, evolve,
+judge), a rule (check), the judge's verdict (eliminate), a contradicted claim (verify), a near twin (dedup)."""
 
 
 class Drop(BaseModel):
@@ -512,8 +576,42 @@ class Drop(BaseModel):
     id: str
     seed_id: str
     round: int
-    stage: Stage
+    stage: DropStage
     reason: str
     operator: str | None = None
     raw: str | None = None
     sample: Sample | None = None
+
+
+class Outcome(BaseModel):
+    """The last line a sample-round writes (round-N/outcomes.jsonl): it marks the sample-round complete and holds
+    its counts, so a resume knows what is done and run.json's numbers come from these lines alone.
+
+    `retry`: a call failed (endpoint or image): the next invocation redoes the sample-round. `unreadable`: an
+    answer could not be read (final, unless `--reask-unreadable`, which asks again with `attempt` + 1).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    seed_id: str
+    round: int
+    operator: str | None = None
+    attempt: int = 0
+    kept: bool = False
+    failed: str | None = None
+    """The stage whose call failed or whose answer could not be read, if any."""
+    retry: bool = False
+    unreadable: bool = False
+    items: dict[str, int] = Field(default_factory=dict)
+    """Item counts: parent, evolved, judged, improved, kept; and dropped per stage (check, eliminate, ...)."""
+    rules: dict[str, int] = Field(default_factory=dict)
+    """Rule-check violations by rule."""
+    answers: dict[str, int] = Field(default_factory=dict)
+    """Answer counts: calls, cut_off (finish_reason length), reasked items, lost items."""
+    scores: list[float] = Field(default_factory=list)
+    """Scores of the items kept (the mean accepted score)."""
+    agreement: list[float] = Field(default_factory=list)
+    """Per judged item, the share of votes agreeing with the majority (with --judge-votes > 1)."""
+    reasons: list[str] = Field(default_factory=list)
+    """The reasons of its drops, without particulars (counted in run.json)."""
+    usage: dict[str, int] = Field(default_factory=dict)

@@ -1,12 +1,18 @@
-"""The run folder on disk: layout, lock, run.json, crash-safe appends and what a resume finds there.
+"""The run folder on disk: every path in it, the lock, crash-safe appends, and what a resume finds there.
 
-Per round and per seed, one sample-round writes its lines in a fixed order:
-- evolve failed:  dropped(stage=evolve)
-- judge failed:   evolved, dropped(stage=judge)
-- judged:         evolved, judged, kept (if any item survived), dropped(stage=eliminate) (if any did not)
-A sample-round is complete when its last line is there, except that a failed call (endpoint or image) is
-tried again by the next invocation; a resume purges the lines of incomplete ones (the
-response cache makes redoing them free) and a torn last line is cut off.
+```
+RUN/run.json            the manifest (evolve.manifest)     RUN/round-N/evolved.jsonl   every rewrite
+RUN/final.jsonl         the survivors of every round       RUN/round-N/judged.jsonl    the judge's verdicts
+RUN/rejected.jsonl      seed lines that cannot be used     RUN/round-N/kept.jsonl      survivors, input of N+1
+RUN/cache.sqlite        the response cache                 RUN/round-N/dropped.jsonl   what did not survive, why
+RUN/evolve.log          what the run said                  RUN/round-N/outcomes.jsonl  one line per sample-round
+RUN/batch.json, batch/  Batch API state and files          RUN/round-0/annotated.jsonl seeds after --annotate
+RUN/images/             images that arrived as bytes       RUN/shards/K-of-N/          --workers' shard runs
+```
+A sample-round writes its records (evolved, judged, kept, dropped lines, in that order), then its outcome line:
+the outcome marks it complete. A resume cuts a torn last line, purges the lines of sample-rounds without an
+outcome (the response cache makes redoing them free) and redoes those whose outcome says a call failed.
+Nothing outside this module spells a file name of the run folder.
 """
 
 from __future__ import annotations
@@ -16,8 +22,7 @@ import fcntl
 import json
 import os
 import time
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -26,15 +31,38 @@ import orjson
 from pydantic import BaseModel
 
 from evolve.errors import RunLockedError, UsageError
-from evolve.records import QAS, Sample
+from evolve.records import Outcome, Sample
 
-ROUND_FILES = ("evolved", "judged", "kept", "dropped")
-RETRIED_ON_RESUME = ("endpoint:", "image:")
+ROUND_FILES = ("evolved", "judged", "kept", "dropped", "outcomes")
+ANNOTATION_FILES = ("annotated", "dropped", "outcomes")
+"""Round 0 (`--annotate`): the seeds with their items annotated, what could not be, and the outcomes."""
 FSYNC_EVERY_SECONDS = 1.0
+LOCK_POLL_SECONDS = 0.2
+
+
+class StageFiles:
+    """The record files of one round in a folder (a run's round-N/, or the output folder of `evolve eliminate`)."""
+
+    def __init__(self, folder: Path, names: tuple[str, ...] = ROUND_FILES) -> None:
+        self.folder = folder
+        self.names = names
+        self._paths = {name: folder / f"{name}.jsonl" for name in names}
+
+    def __getitem__(self, name: str) -> Path:
+        return self._paths[name]
+
+    @property
+    def kept(self) -> Path:
+        """The survivors: kept.jsonl, or annotated.jsonl for round 0."""
+        return self._paths["kept" if "kept" in self._paths else "annotated"]
+
+    def all(self) -> list[Path]:
+        """Every record file, in the order a sample-round writes them."""
+        return list(self._paths.values())
 
 
 class RunFolder:
-    """Paths of one run folder."""
+    """Every path of one run folder."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -45,21 +73,41 @@ class RunFolder:
         self.rejected = root / "rejected.jsonl"
         self.log = root / "evolve.log"
         self.baseline = root / "baseline.jsonl"
-        self._round_files: dict[tuple[int, str], Path] = {}
+        self.baseline_dropped = root / "baseline-dropped.jsonl"
+        self.batch_state = root / "batch.json"
+        self.batch_dir = root / "batch"
+        self.images = root / "images"
+        self.shards = root / "shards"
+        self.plots = root / "plots"
+        self.report = root / "report.html"
+        self._rounds: dict[int, StageFiles] = {}
 
     def round_dir(self, number: int) -> Path:
         """`round-N/`."""
         return self.root / f"round-{number}"
 
+    def round(self, number: int) -> StageFiles:
+        """The record files of round N (round 0 holds the annotated seeds)."""
+        files = self._rounds.get(number)
+        if files is None:
+            names = ANNOTATION_FILES if number == 0 else ROUND_FILES
+            files = self._rounds[number] = StageFiles(self.round_dir(number), names)
+        return files
+
     def round_file(self, number: int, name: str) -> Path:
-        """`round-N/<name>.jsonl` (remembered: it is asked for on every record written)."""
-        path = self._round_files.get((number, name))
-        if path is None:
-            path = self._round_files[number, name] = self.round_dir(number) / f"{name}.jsonl"
-        return path
+        """`round-N/<name>.jsonl`."""
+        return self.round(number)[name]
+
+    def shard(self, index: int, count: int) -> RunFolder:
+        """The run folder of shard `index` of `count` under `shards/` (made by `--workers`)."""
+        return RunFolder(self.shards / f"{index}-of-{count}")
+
+    def batch_file(self, name: str) -> Path:
+        """A file of the Batch API exchange under `batch/`."""
+        return self.batch_dir / name
 
     def rounds_present(self) -> list[int]:
-        """Round numbers that have a folder, in order."""
+        """Round numbers that have a folder, in order (0 when seeds were annotated)."""
         found = []
         for child in self.root.glob("round-*"):
             suffix = child.name.removeprefix("round-")
@@ -68,7 +116,7 @@ class RunFolder:
         return sorted(found)
 
     def read_run_json(self) -> dict[str, Any] | None:
-        """The run.json of an earlier invocation, or None."""
+        """run.json as written by an earlier invocation (a plain dict), or None."""
         if not self.run_json.exists():
             return None
         try:
@@ -76,10 +124,6 @@ class RunFolder:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{self.run_json}: unreadable ({exc}); move it away to start over") from exc
         return data
-
-    def write_run_json(self, data: dict[str, Any]) -> None:
-        """Replace run.json atomically."""
-        write_atomic(self.run_json, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -94,16 +138,25 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def run_lock(folder: RunFolder) -> Iterator[None]:
-    """Hold an exclusive lock on the run folder; a second process gets RunLockedError with our pid."""
-    folder.root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder.lock, os.O_RDWR | os.O_CREAT, 0o644)
+def run_lock(folder: RunFolder, wait: float = 0.0) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder; another holder gives RunLockedError with its pid (after
+    `wait` seconds of trying: a resumed worker may find its predecessor still finishing)."""
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise RunLockedError(f"{folder.root}: already running (pid {pid})") from None
+        folder.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError as exc:
+        raise UsageError(f"{folder.root}: cannot write to the run folder ({exc.strerror})") from None
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    raise RunLockedError(f"{folder.root}: already running (pid {pid})") from None
+                time.sleep(LOCK_POLL_SECONDS)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
@@ -129,8 +182,8 @@ def repair_tail(path: Path) -> bool:
         else:
             last_start = tail.rfind(b"\n", 0, len(tail) - 1) + 1
             try:
-                json.loads(tail[last_start:])
-            except ValueError:
+                orjson.loads(tail[last_start:])
+            except orjson.JSONDecodeError:
                 keep = start + last_start
         if keep != size:
             fp.truncate(keep)
@@ -147,11 +200,15 @@ class AppendFiles:
 
     def write(self, path: Path, record: BaseModel) -> None:
         """Append one record as one line."""
+        self.write_line(path, record.model_dump_json())
+
+    def write_line(self, path: Path, line: str) -> None:
+        """Append one JSON line (without its newline)."""
         fp = self._files.get(path)
         if fp is None:
             path.parent.mkdir(parents=True, exist_ok=True)
             fp = self._files[path] = path.open("a", encoding="utf-8")
-        fp.write(record.model_dump_json() + "\n")
+        fp.write(line + "\n")
 
     def flush(self) -> None:
         """Hand the written lines to the OS (they survive a kill -9); fsync at most every second."""
@@ -169,10 +226,13 @@ class AppendFiles:
 
     def close(self) -> None:
         """fsync and close every file."""
-        self.sync()
-        for fp in self._files.values():
-            fp.close()
-        self._files.clear()
+        try:
+            self.sync()
+        finally:
+            for fp in self._files.values():
+                with contextlib.suppress(OSError):
+                    fp.close()
+            self._files.clear()
 
 
 def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -194,58 +254,54 @@ def read_sample_at(path: Path, offset: int) -> Sample:
         return Sample.model_validate_json(fp.readline())
 
 
+def iter_outcomes(folder: RunFolder, number: int) -> Iterator[Outcome]:
+    """The outcome lines of a round."""
+    for _, record in iter_json_lines(folder.round_file(number, "outcomes")):
+        yield Outcome.model_validate(record)
+
+
 @dataclass
 class RoundState:
-    """What an earlier invocation finished in one round."""
+    """What earlier invocations finished in one round."""
 
     number: int
+    path: Path
     complete: set[str] = field(default_factory=set)
     kept_offsets: dict[str, int] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    """The attempt number of sample-rounds asked again (--reask-unreadable)."""
 
-    def kept_sample(self, folder: RunFolder, seed_id: str) -> Sample | None:
-        """The survivor of this round for a seed, read from kept.jsonl, or None."""
+    def kept_sample(self, seed_id: str) -> Sample | None:
+        """The survivor of this round for a seed, or None."""
         offset = self.kept_offsets.get(seed_id)
-        return None if offset is None else read_sample_at(folder.round_file(self.number, "kept"), offset)
+        return None if offset is None else read_sample_at(self.path, offset)
 
 
-def scan_round(folder: RunFolder, number: int, min_score: float) -> RoundState:
-    """Find the complete sample-rounds of a round, purging the lines of incomplete ones."""
-    for name in ROUND_FILES:
-        repair_tail(folder.round_file(number, name))
-    seen: set[str] = set()
-    expected: dict[str, tuple[bool, bool]] = {}
-    kept: set[str] = set()
-    drops: dict[str, set[str]] = {}
-    for _, record in iter_json_lines(folder.round_file(number, "evolved")):
-        seen.add(record["seed_id"])
-    for _, record in iter_json_lines(folder.round_file(number, "judged")):
-        flags = [QAS.model_validate(item).survives(min_score) for item in record["qa"]]
-        expected[record["seed_id"]] = (any(flags), not all(flags))
-        seen.add(record["seed_id"])
-    for _, record in iter_json_lines(folder.round_file(number, "kept")):
-        kept.add(record["seed_id"])
-        seen.add(record["seed_id"])
-    for _, record in iter_json_lines(folder.round_file(number, "dropped")):
-        stage = record["stage"]
-        if stage in ("evolve", "judge") and record["reason"].startswith(RETRIED_ON_RESUME):
-            stage = "retry"  # the endpoint failed: a resume tries again (answers that were read stay final)
-        drops.setdefault(record["seed_id"], set()).add(stage)
-        seen.add(record["seed_id"])
-
-    state = RoundState(number)
-    for seed_id in seen:
-        stages = drops.get(seed_id, set())
-        if stages & {"evolve", "judge"}:
-            state.complete.add(seed_id)
-        elif seed_id in expected:
-            want_kept, want_drop = expected[seed_id]
-            if want_kept == (seed_id in kept) and want_drop == ("eliminate" in stages):
-                state.complete.add(seed_id)
+def scan_round(folder: RunFolder, number: int, *, reask_unreadable: bool = False) -> RoundState:
+    """Find the complete sample-rounds of a round; purge the lines of the others (torn, failed calls, and with
+    `reask_unreadable` unreadable answers) so they are redone."""
+    files = folder.round(number)
+    for path in files.all():
+        repair_tail(path)
+    state = RoundState(number, files.kept)
+    redo: set[str] = set()
+    for outcome in iter_outcomes(folder, number):
+        if outcome.retry or (reask_unreadable and outcome.unreadable):
+            redo.add(outcome.seed_id)
+            if outcome.unreadable:
+                state.attempts[outcome.seed_id] = outcome.attempt + 1
+        else:
+            state.complete.add(outcome.seed_id)
+            redo.discard(outcome.seed_id)
+    seen: set[str] = set(redo)
+    for path in files.all():
+        if path.name != "outcomes.jsonl":
+            seen.update(record["seed_id"] for _, record in iter_json_lines(path))
     incomplete = seen - state.complete
     if incomplete:
-        for name in ROUND_FILES:
-            purge_lines(folder.round_file(number, name), incomplete)
-    for offset, record in iter_json_lines(folder.round_file(number, "kept")):
+        for path in files.all():
+            purge_lines(path, incomplete)
+    for offset, record in iter_json_lines(files.kept):
         state.kept_offsets[record["seed_id"]] = offset
     return state
 
@@ -257,14 +313,14 @@ def purge_lines(path: Path, seed_ids: set[str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with path.open("rb") as src, tmp.open("wb") as dst:
         for line in src:
-            if json.loads(line)["seed_id"] not in seed_ids:
+            if orjson.loads(line)["seed_id"] not in seed_ids:
                 dst.write(line)
         dst.flush()
         os.fsync(dst.fileno())
     os.replace(tmp, path)
 
 
-def concat_files(sources: list[Path], target: Path) -> int:
+def concat_files(sources: Iterable[Path], target: Path) -> int:
     """Write the lines of several JSONL files into one (atomically); returns the line count."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
@@ -283,48 +339,6 @@ def concat_files(sources: list[Path], target: Path) -> int:
     return count
 
 
-def round_stats(folder: RunFolder, number: int) -> dict[str, Any]:
-    """Counts of one round, read from its files (so they stay right across resumes)."""
-    operators: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    stats: dict[str, Any] = dict.fromkeys(
-        ("evolved", "evolve_failed", "judge_failed", "judged_samples", "judged_items",
-         "improved_items", "kept_samples", "kept_items"), 0,
-    )  # fmt: skip
-    scores: list[float] = []
-    for _, record in iter_json_lines(folder.round_file(number, "evolved")):
-        stats["evolved"] += 1
-        operators[record["operator"]] += 1
-    for _, record in iter_json_lines(folder.round_file(number, "judged")):
-        stats["judged_samples"] += 1
-        stats["judged_items"] += len(record["qa"])
-        stats["improved_items"] += sum(1 for item in record["qa"] if item.get("improved"))
-    for _, record in iter_json_lines(folder.round_file(number, "kept")):
-        stats["kept_samples"] += 1
-        stats["kept_items"] += len(record["qa"])
-        scores.extend(float(item["score"]) for item in record["qa"] if item.get("score") is not None)
-    for _, record in iter_json_lines(folder.round_file(number, "dropped")):
-        if record["stage"] == "evolve":
-            stats["evolve_failed"] += 1
-            operators[record["operator"]] += 1
-        elif record["stage"] == "judge":
-            stats["judge_failed"] += 1
-        reasons[f"{record['stage']}: {_reason_class(record['reason'])}"] += 1
-    stats["samples"] = stats["evolved"] + stats["evolve_failed"]
-    stats["carried_forward"] = stats["samples"] - stats["kept_samples"]
-    judged = stats["judged_items"]
-    stats["improvement_rate"] = round(stats["improved_items"] / judged, 4) if judged else None
-    stats["mean_accepted_score"] = round(sum(scores) / len(scores), 3) if scores else None
-    stats["operators"] = dict(sorted(operators.items()))
-    stats["drop_reasons"] = dict(reasons.most_common(10))
-    return stats
-
-
-def _reason_class(reason: str) -> str:
-    """The kind of a drop reason without its particulars (for counting)."""
-    head = reason.split(":", 2)
-    if reason.startswith(("endpoint", "unreadable")) and len(head) > 1:
-        return f"{head[0]}: {head[1].strip()[:60]}"
-    if "rewrites rejected" in reason:
-        return "rewrites rejected"
-    return reason[:80]
+def write_final(folder: RunFolder, rounds: int) -> int:
+    """final.jsonl: the survivors of rounds 1..N, in round order; returns the line count."""
+    return concat_files((folder.round_file(n, "kept") for n in range(1, rounds + 1)), folder.final)

@@ -3,7 +3,11 @@
 Both backends return ``(verb lemma, noun lemma)``, lowercased, with ``None`` where a part is absent. They look
 only at the question's *first sentence* (as Self-Instruct's analysis does): the text is first cut to its first
 non-blank line and at most 500 characters, so answer options on later lines (``a. …`` / ``A. …``) and context
-paragraphs never supply the verb.
+paragraphs never supply the verb, and then before the first clear sentence end (``?`` or ``!``, or a ``.`` not
+after an initial or a common abbreviation such as "U.S." or "Mr.", followed by a space and a capital letter or
+digit), so "… in the image? Let's think step by step." is parsed without its reasoning cue. Cutting before
+parsing only removes words spaCy's own first sentence would not use (it still picks the first sentence of what
+is left), and saves a third of the parse on real rewrites; the cut texts are also what the cache is keyed by.
 
 Rules, shape by shape (spaCy dependency labels; the constituency walk applies the same rules to PTB trees):
 
@@ -47,8 +51,21 @@ the spine, the shallowest VP anywhere is used.
 
 Backends: :class:`SpacyExtractor` (default) batches ``nlp.pipe`` with ``ner`` excluded and the lemmatizer
 disabled (the lemma of the two chosen tokens is computed on demand), caching one result per distinct cut
-text. :class:`BeneparExtractor` uses spaCy for tokens, tags, lemmas and the first sentence and the Berkeley
-Neural Parser (``benepar_en3``, optional extra ``evolve[benepar]``) for the tree, walked by the pure
+text. The attribute ruler (tag → POS, a few lemma exceptions) runs on the first sentence only, after the
+parse: it is the last component that runs and nothing after it reads its output, so the tokens the rules look
+at get exactly the attributes a full pipe would give them, for half the ruler's cost.
+
+Object names (:class:`ObjectNames`) are reduced to their head noun's lemma with its compound-noun modifiers:
+"yellow cat" → "cat", "traffic lights" → "traffic light", "person with suitcase" → "person", "man's hat" →
+"hat", "bottles of water" → "bottle". The name is cut at the first preposition, conjunction, wh-word or comma
+(or a participle after a noun: "man riding a horse" → "man"); determiners, numbers, adjectives and possessors
+go; nouns right before the head stay, as written. The head is the last word, lemmatized as a noun whatever the
+tagger says (a bare name has no sentence to disambiguate it: "leaves" → "leaf", "building" stays). COCO-80's
+multi-word categories whose first word is not a noun ("hot dog", "stop sign", "potted plant", "dining table")
+are kept whole, so a hot dog never becomes a dog.
+
+:class:`BeneparExtractor` uses spaCy for tokens, tags, lemmas and the first sentence and the Berkeley Neural
+Parser (``benepar_en3``, optional extra ``mmevolve[benepar]``) for the tree, walked by the pure
 :func:`verb_noun_from_tree`.
 """
 
@@ -58,7 +75,7 @@ import contextlib
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from evolve.errors import MissingModelError
 
@@ -77,6 +94,14 @@ SPACY_HINT = (
 BENEPAR_MODEL = "benepar_en3"
 MAX_CHARS = 500
 """Questions are cut to this many characters (at a space) before parsing."""
+WHOLE_NAMES = frozenset(
+    {
+        "traffic light", "fire hydrant", "stop sign", "parking meter", "sports ball", "baseball bat",
+        "baseball glove", "tennis racket", "wine glass", "hot dog", "potted plant", "dining table", "cell phone",
+        "teddy bear", "hair drier", "hair dryer",
+    }
+)  # fmt: skip
+"""Multi-word object names (COCO-80's) kept whole by :class:`ObjectNames` whatever their words' tags."""
 
 _NOUN_POS = frozenset({"NOUN", "PROPN"})
 _OBJECT_DEPS = frozenset({"dobj", "obj"})
@@ -84,13 +109,24 @@ _REPAIR_DEPS = frozenset({"dobj", "obj", "appos", "npadvmod"})
 _LIST_DEPS = frozenset({"cc", "punct", "preconj"})
 _SKIP_FIRST = frozenset({"please", "kindly"})
 _SPACE = re.compile(r"\s+")
+_SENTENCE_END = re.compile(r"[.?!]+[\"')\]’”]*(?=\s+[\"'(\[“‘]?[A-Z0-9])")
+_ABBREVIATIONS = frozenset(
+    {"mr", "mrs", "ms", "dr", "prof", "st", "mt", "vs", "etc", "jr", "sr", "inc", "ltd", "co", "no", "fig", "approx"}
+)
+_NAME_STOPS = frozenset({"IN", "TO", "CC", "WDT", "WP", "WP$", "WRB", ",", ":", "-LRB-", "-RRB-"})
+_NAME_DROP = frozenset({"DT", "PDT", "PRP$", "CD", "POS", "PRP", "EX"})
+_NOUN_TAGS = frozenset({"NN", "NNS", "NNP", "NNPS"})
+_LEMMA_MORPH = {"NN": "Number=Sing", "NNP": "Number=Sing", "NNS": "Number=Plur", "NNPS": "Number=Plur"}
 _UNNEEDED = frozenset({"ner", "entity_ruler", "entity_linker", "textcat", "textcat_multilabel", "spancat"})
 
 
+@runtime_checkable
 class VerbNounExtractor(Protocol):
     """Anything that turns questions into (verb, noun) lemma pairs, one per question, in order."""
 
     name: str
+    objects: ObjectNames
+    """Its object-name normaliser (same spaCy pipeline)."""
 
     def pairs(self, questions: Sequence[str]) -> list[VerbNoun]:
         """The (verb, noun) pair of each question."""
@@ -109,7 +145,22 @@ def clip_question(text: str) -> str:
     if len(line) > MAX_CHARS:
         cut = line.rfind(" ", 0, MAX_CHARS)
         line = line[: cut if cut > 0 else MAX_CHARS]
+    return first_sentence(line)
+
+
+def first_sentence(line: str) -> str:
+    """`line` up to its first clear sentence end (see the module docstring); all of it when there is none."""
+    for match in _SENTENCE_END.finditer(line):
+        if match.group().startswith(".") and _after_abbreviation(line, match.start()):
+            continue
+        return line[: match.end()]
     return line
+
+
+def _after_abbreviation(line: str, dot: int) -> bool:
+    """Whether the "." at `dot` ends an initial ("U.S.", "J."), a dotted form ("e.g.") or a known abbreviation."""
+    word = line[line.rfind(" ", 0, dot) + 1 : dot].lstrip("\"'(“‘[")
+    return len(word) <= 1 or "." in word or word.lower() in _ABBREVIATIONS
 
 
 # --------------------------------------------------------------------------- spaCy
@@ -166,6 +217,17 @@ class _Lemmas:
                 return found[0].lower()
         return token.lower_
 
+    def as_noun(self, token: Token) -> str:
+        """The lemma of `token` read as a noun (singular or plural from its tag, else unknown), lowercased."""
+        if self._lemmatize is None:
+            return self(token)
+        token.pos_ = "NOUN"
+        settable: Any = token  # set_morph is missing from spaCy's type stubs
+        settable.set_morph(_LEMMA_MORPH.get(token.tag_))
+        token.lemma_ = ""
+        found = self._lemmatize(token)
+        return found[0].lower() if found else token.lower_
+
 
 def _prepare(nlp: Language) -> tuple[_Lemmas, list[str]]:
     """The token lemmatizer for `nlp` and the components its ``pipe`` can skip."""
@@ -174,6 +236,26 @@ def _prepare(nlp: Language) -> tuple[_Lemmas, list[str]]:
         nlp.enable_pipe("lemmatizer")  # e.g. a trainable lemmatizer: it has to run in the pipe
     unneeded = _UNNEEDED | ({"lemmatizer"} if lemmas.on_demand else set())
     return lemmas, [name for name in nlp.pipe_names if name in unneeded]
+
+
+def _deferred_ruler(nlp: Language, skipped: Sequence[str]) -> Any:
+    """The attribute ruler when it can run after the pipe on the first sentence alone (nothing after it runs)."""
+    names = nlp.pipe_names
+    if "attribute_ruler" not in names:
+        return None
+    later = names[names.index("attribute_ruler") + 1 :]
+    if any(name not in skipped for name in later):
+        return None
+    return nlp.get_pipe("attribute_ruler")
+
+
+def _rule_first_sentence(ruler: Any, doc: Doc) -> None:
+    """Apply the attribute ruler to the tokens of `doc`'s first sentence (its matches are span-relative)."""
+    sent = next(iter(doc.sents), None)
+    if sent is None:
+        return
+    matches = ruler.match(sent)
+    ruler.set_annotations(doc, [(attr, key, start + sent.start, end + sent.start) for attr, key, start, end in matches])
 
 
 def _is_copula(token: Token) -> bool:
@@ -286,7 +368,11 @@ class SpacyExtractor:
         self.nlp = nlp if nlp is not None else load_spacy()
         self.batch_size = batch_size
         self._lemma, self._disable = _prepare(self.nlp)
+        self._ruler = _deferred_ruler(self.nlp, self._disable)
+        if self._ruler is not None:
+            self._disable.append("attribute_ruler")
         self._cache: dict[str, VerbNoun] = {}
+        self.objects = ObjectNames(self.nlp, self._lemma)
 
     def pairs(self, questions: Sequence[str]) -> list[VerbNoun]:
         """The (verb, noun) pair of each question; each distinct text is parsed once per extractor."""
@@ -296,8 +382,56 @@ class SpacyExtractor:
         if todo:
             docs = self.nlp.pipe(todo, batch_size=self.batch_size, disable=self._disable)
             for text, doc in zip(todo, docs, strict=True):
+                if self._ruler is not None:
+                    _rule_first_sentence(self._ruler, doc)
                 cache[text] = verb_noun_from_doc(doc, self._lemma, self._lemma.verbs)
         return [cache[t] for t in clipped]
+
+
+class ObjectNames:
+    """Object names reduced to head-noun lemma plus compound nouns (module docstring), cached per name."""
+
+    def __init__(self, nlp: Language, lemmas: _Lemmas | None = None) -> None:
+        self.nlp = nlp
+        self._lemma = lemmas if lemmas is not None else _Lemmas(nlp)
+        needed = {"tok2vec", "tagger", "attribute_ruler"} | (set() if self._lemma.on_demand else {"lemmatizer"})
+        self._disable = [name for name in nlp.pipe_names if name not in needed]
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, names: Sequence[str]) -> list[str]:
+        """The normalised form of each (lowercased, whitespace-normalised) name, in order."""
+        cache = self._cache
+        todo = [n for n in dict.fromkeys(names) if n not in cache]
+        if todo:
+            for name, doc in zip(todo, self.nlp.pipe(todo, disable=self._disable), strict=True):
+                cache[name] = self._head(doc) or name
+        return [cache[n] for n in names]
+
+    def _head(self, doc: Doc) -> str | None:
+        kept: list[Token] = []
+        seen_noun = False
+        for token in doc:
+            if kept and (token.tag_ in _NAME_STOPS or (seen_noun and token.tag_ in ("VBG", "VBN"))):
+                break
+            kept.append(token)
+            seen_noun = seen_noun or token.tag_ in _NOUN_TAGS
+        owner = max((i for i, t in enumerate(kept) if t.tag_ == "POS"), default=-1)
+        kept = [t for t in kept[owner + 1 :] if (t.tag_ not in _NAME_DROP and not t.is_punct) or t.tag_ == "HYPH"]
+        while kept and not kept[-1].text[:1].isalnum():
+            kept.pop()
+        if not kept or not kept[-1].is_alpha:
+            return None
+        head = kept[-1]
+        lemma = self._lemma.as_noun(head)
+        words = [t.lower_ for t in kept[:-1]]
+        for size in (2, 1):
+            whole = " ".join([*words[-size:], lemma])
+            if len(words) >= size and whole in WHOLE_NAMES:
+                return whole
+        start = len(kept) - 1
+        while start > 0 and (kept[start - 1].tag_ in _NOUN_TAGS or (kept[start - 1].tag_ == "HYPH" and start > 1)):
+            start -= 2 if kept[start - 1].tag_ == "HYPH" else 1
+        return doc[kept[start].i : head.i].text_with_ws.lower() + lemma
 
 
 # --------------------------------------------------------------------------- constituency trees
@@ -455,7 +589,7 @@ class BeneparExtractor:
             import benepar
         except ImportError as exc:
             raise MissingModelError(
-                "benepar is not installed: pip install 'evolve[benepar]' (and its model benepar_en3)"
+                "benepar is not installed: pip install 'mmevolve[benepar]' (and its model benepar_en3)"
             ) from exc
         name = model_path or BENEPAR_MODEL
         try:
@@ -477,6 +611,7 @@ class BeneparExtractor:
         self.nlp = nlp if nlp is not None else load_spacy()
         self._lemma, self._disable = _prepare(self.nlp)
         self._cache: dict[str, VerbNoun] = {}
+        self.objects = ObjectNames(self.nlp, self._lemma)
 
     def pairs(self, questions: Sequence[str]) -> list[VerbNoun]:
         """The (verb, noun) pair of each question, parsed once per distinct text."""

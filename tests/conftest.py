@@ -50,3 +50,44 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 # ==== end of fake server block ========================================================================
+
+
+# ==== Hugging Face `datasets`, offline (owner: tests/test_sources, tests/test_export) ==================
+
+
+@pytest.fixture
+def hf(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> object:
+    """The `datasets` library, offline, its caches in tmp_path, without progress bars."""
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()
+    return datasets
+
+
+# ==== end of datasets block ===========================================================================
+
+
+# ==== a finished demo run with drops (owner: tests/test_report, tests/test_show) ======================
+
+
+@pytest.fixture(scope="session")
+def demo_run(fake_server: ThreadedServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-round run of the 10 demo seeds (with their images) whose judge rejects 40% of the rewrites."""
+    from typer.testing import CliRunner
+
+    from evolve.cli import app
+
+    seeds = Path(__file__).resolve().parents[1] / "seeds"
+    out = tmp_path_factory.mktemp("demo-run") / "run"
+    fake_server.reset()
+    fake_server.set_config(reject_ratio=0.4)
+    flags = ["--rounds", "3", "--seed", "3", "--base-url", fake_server.base_url, "--api-key", "k", "--quiet"]
+    result = CliRunner().invoke(app, ["run", str(seeds), "--out", str(out), *flags])
+    fake_server.reset()
+    assert result.exit_code == 0, result.output
+    return out
+
+
+# ==== end of demo run block ===========================================================================

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from evolve.cache import MIGRATIONS, CacheError, NullCache, ResponseCache, request_key
+from evolve.cache import MIGRATIONS, CacheError, NullCache, ResponseCache, legacy_request_key, request_key
 
 
 def test_blank_db_gets_every_migration(tmp_path: Path) -> None:
@@ -92,33 +92,40 @@ def test_put_after_close_raises(tmp_path: Path) -> None:
         cache.put("k", {})
 
 
-def test_request_key_is_canonical() -> None:
-    a = request_key("m", "sys", "text", ["sha256:ab"], {"temperature": 1.0, "max_tokens": 10})
-    b = request_key("m", "sys", "text", ["sha256:ab"], {"max_tokens": 10, "temperature": 1.0})
-    assert a == b and a.startswith("v1:") and len(a) == 3 + 64
-    assert a != request_key("m", None, "text", ["sha256:ab"], {"temperature": 1.0, "max_tokens": 10})
-    assert a != request_key("m", "sys", "text", [], {"temperature": 1.0, "max_tokens": 10})
-    assert a != request_key("m2", "sys", "text", ["sha256:ab"], {"temperature": 1.0, "max_tokens": 10})
-    assert a != request_key("m", "sys", "text", ["sha256:ab"], {"temperature": 0.5, "max_tokens": 10})
+IDENTITY = {
+    "endpoint": "http://127.0.0.1:8000/v1", "model": "m", "params": {"temperature": 1.0, "max_tokens": 10},
+    "system": "sys", "prefix": "fixed", "text": "text", "images": ["sha256:ab"], "round": 1, "attempt": 0,
+}  # fmt: skip
+
+
+def test_request_key_is_canonical_and_knows_endpoint_round_and_attempt() -> None:
+    a = request_key(IDENTITY)
+    reordered = dict(reversed(list(IDENTITY.items())))
+    reordered["params"] = {"max_tokens": 10, "temperature": 1.0}
+    assert a == request_key(reordered) and a.startswith("v2:") and len(a) == 3 + 64
+    for key, other in (("endpoint", "http://127.0.0.1:9/v1"), ("round", 2), ("attempt", 1), ("model", "m2"),
+                       ("system", None), ("images", []), ("prefix", ""), ("params", {"temperature": 0.5})):  # fmt: skip
+        assert request_key({**IDENTITY, key: other}) != a, key
+    assert request_key({**IDENTITY, "text": "lone \ud800 surrogate"}).startswith("v2:")  # never raises
 
 
 @pytest.mark.parametrize(
     "text", ["plain", "ünïcödé ✓ 字", 'quotes " and \\ back\nslash', "control \x01\x1f\u2028", "emoji 🙂"]
 )
-def test_request_key_is_the_sha256_of_the_stdlib_canonical_json(text: str) -> None:
-    """Keys written by earlier versions stay valid: same bytes as json.dumps(sort_keys, compact, UTF-8)."""
+def test_legacy_key_is_the_sha256_of_the_stdlib_canonical_json(text: str) -> None:
+    """Keys written by earlier versions stay readable: same bytes as json.dumps(sort_keys, compact, UTF-8)."""
     params = {"temperature": 0.7, "top_p": 1e-05, "max_tokens": 2048, "stop": None}
     value = {"model": "gpt-4o-mini", "system": text[::-1], "text": text, "images": ["sha256:ab"], "params": params}
     canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     expected = "v1:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-    assert request_key("gpt-4o-mini", text[::-1], text, ["sha256:ab"], params) == expected
+    assert legacy_request_key("gpt-4o-mini", text[::-1], text, ["sha256:ab"], params) == expected
 
 
 def test_null_cache() -> None:
     cache = NullCache()
     cache.put("k", {"a": 1})
     assert cache.get("k") is None
-    assert cache.request_key("m", None, "t", [], {}) == ""  # nothing is looked up, so nothing is hashed
+    assert not cache.enabled  # the client hashes nothing for a cache that keeps nothing
     cache.flush()
     cache.close()
 

@@ -67,19 +67,25 @@ def test_export_round_trips(server: ThreadedServer, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert evolve(server, str(SEEDS), "--rounds", "1", "--out", str(run), "--images", "skip").exit_code == 0
     final = list(load_samples(run / "final.jsonl"))
-    for fmt in ("llava", "sharegpt", "mmevol"):
+    for fmt in ("llava", "sharegpt"):
         target = tmp_path / f"{fmt}.jsonl"
         result = CliRunner().invoke(app, ["export", str(run), "--to", fmt, "--out", str(target)])
         assert result.exit_code == 0, result.output
         back = list(load_samples(target))
         assert [[(q.question, q.answer) for q in s.qa] for s in back] == [
             [(q.question, q.answer) for q in s.qa] for s in final
-        ]
-        assert [s.image for s in back] == [s.image for s in final]
+        ]  # image paths are rewritten to work from the output's folder:
+        assert [(tmp_path / str(s.image)).resolve() for s in back] == [(SEEDS / str(s.image)).resolve() for s in final]
+    mmevol = tmp_path / "mmevol.jsonl"
+    assert CliRunner().invoke(app, ["export", str(run), "--to", "mmevol", "--out", str(mmevol)]).exit_code == 0
+    by_seed = {r["hash_id"]: r for r in lines(mmevol)}
+    assert all([q["question"] for q in by_seed[s.seed_id]["conversations_v1"]] == [q.question for q in s.qa]
+               for s in final)  # fmt: skip
     first = lines(tmp_path / "llava.jsonl")[0]
     assert first["conversations"][0]["value"].startswith("<image>\n")
     share = lines(tmp_path / "sharegpt.jsonl")[0]
-    assert share["images"] == [final[0].image] and share["messages"][0]["content"].startswith("<image>")
+    assert (tmp_path / share["images"][0]).resolve() == (SEEDS / str(final[0].image)).resolve()
+    assert share["messages"][0]["content"].startswith("<image>")
     array = tmp_path / "llava.json"
     result = CliRunner().invoke(app, ["export", str(run), "--to", "llava", "--json-array", "--min-score", "7",
                                       "--out", str(array)])  # fmt: skip
@@ -118,7 +124,54 @@ def test_batch_mode_across_cron_invocations(server: ThreadedServer, tmp_path: Pa
         result = evolve(server, str(SEEDS), "--batch", "--rounds", "1", "--out", str(out), "--images", "skip")
         assert result.exit_code == 0, result.output
         said.append(result.output)
-    assert "submitted evolve round 1" in said[0]
-    assert "submitted judge round 1" in said[1]
+    assert "submitted 10 requests" in said[0] and "waiting" in said[0]
+    assert "collected 1 batch(es): 10 answers" in said[1] and "submitted" in said[1]
     assert len(lines(out / "final.jsonl")) == 10 and json.loads((out / "run.json").read_text())["status"] == "done"
     assert server.stats()["batches"] == 2
+
+
+def test_every_setting_is_a_flag_a_variable_and_a_line_of_the_file(tmp_path: Path) -> None:
+    from evolve.config import RunConfig
+
+    config = tmp_path / "evolve.toml"
+    config.write_text('workers = 2\nexecutor = "local"\nray_address = "auto"\n[judge]\ntemperature = 0.5\n')
+    merged = build_config({}, config, {"EVOLVE_JUDGE_VOTES": "3", "EVOLVE_ITEMS_PER_CALL": "4"})
+    assert (merged.workers, merged.ray_address, merged.judge_temperature) == (2, "auto", 0.5)
+    assert (merged.judge_votes, merged.items_per_call) == (3, 4)
+    help_text = CliRunner().invoke(app, ["run", "--help"], terminal_width=200).output
+    for name in RunConfig.model_fields:
+        assert "--" + name.replace("_", "-") in help_text, name
+
+
+def test_a_bad_value_names_its_source(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"^EVOLVE_ROUNDS=abc: "):
+        build_config({}, None, {"EVOLVE_ROUNDS": "abc"})
+    with pytest.raises(UsageError, match=r"^--rounds: "):
+        build_config({"rounds": 0}, None, {})
+    config = tmp_path / "evolve.toml"
+    config.write_text('model = "m"\n\n[judge]\nvotes = 99\n')
+    with pytest.raises(UsageError, match=rf"^{config}:4: judge_votes: "):
+        build_config({}, config, {})
+    result = CliRunner().invoke(app, ["run", str(SEEDS)], env={"EVOLVE_ROUNDS": "abc"})
+    assert result.exit_code == 2 and result.output.startswith("error: EVOLVE_ROUNDS=abc: ")
+
+
+def test_conflicting_engines_are_refused_with_one_line(tmp_path: Path) -> None:
+    for flags in (["--batch", "--executor", "ray"], ["--workers", "2", "--executor", "ray"], ["--batch", "--workers", "2"]):
+        result = CliRunner().invoke(app, ["run", str(SEEDS), *flags, "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2 and "cannot be combined" in result.output, flags
+        assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_workers_from_the_config_file_run_two_workers(server: ThreadedServer, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "evolve.toml").write_text(
+        f'workers = 2\nrounds = 1\nimages = "skip"\nbase_url = "{server.base_url}"\nmodel = "m"\n'
+    )
+    done = subprocess.run([sys.executable, "-m", "evolve", "run", str(SEEDS), "--out", "run", "--api-key", "k"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "run" / "shards").iterdir()) == ["0-of-2", "1-of-2"]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["mode"] == "workers"

@@ -19,20 +19,14 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
-from evolve.cache import NullCache, ResponseCache
-from evolve.client import (
-    ChatClient,
-    ChatRequest,
-    ChatResult,
-    EndpointSettings,
-    map_exception,
-    map_status,
-    parse_retry_after,
-    proxy_for,
-)
+from evolve.cache import NullCache, ResponseCache, legacy_request_key
+from evolve.client import ChatClient, ChatRequest, ChatResult
+from evolve.endpoint import EndpointSettings
 from evolve.errors import (
     AuthenticationError,
     EndpointError,
+    EndpointUnreachable,
+    UnreadableAnswer,
     ImageInputRejected,
     RequestRejected,
     TransientEndpointError,
@@ -40,6 +34,7 @@ from evolve.errors import (
 )
 from evolve.fakeserver import ThreadedServer
 from evolve.images import EncodedImage
+from evolve.transport import map_exception, map_status, parse_retry_after, proxy_for
 
 TRANSPORTS = ["aiohttp", "sdk"]
 SECRET = "sk-test-Secret0123456789abcdefXYZ"
@@ -155,12 +150,17 @@ def test_image_parts_are_sent(server: ThreadedServer, transport: str) -> None:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_list_models(server: ThreadedServer, transport: str) -> None:
-    async def main() -> list[str]:
-        async with ChatClient(settings(server, transport=transport), NullCache()) as client:
-            return await client.list_models()
+def test_probe_passes_a_live_endpoint_and_stops_an_unreachable_one(server: ThreadedServer, transport: str) -> None:
+    async def probe(s: EndpointSettings) -> None:
+        async with ChatClient(s, NullCache()) as client:
+            await client.probe()
 
-    assert run(main()) == ["fake-mm-1"]
+    run(probe(settings(server, transport=transport)))
+    assert server.stats()["http_total"] >= 1 and server.stats()["total"] == 0  # GET /models, no chat call
+    started = time.monotonic()
+    with pytest.raises(EndpointUnreachable, match=r"cannot reach http://127\.0\.0\.1:9/v1"):
+        run(probe(settings(transport=transport)))  # port 9: nothing listens
+    assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -208,7 +208,7 @@ def test_empty_answer_is_not_cached(server: ThreadedServer, tmp_path: Path) -> N
 
 # faults --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("transport", TRANSPORTS)
-@pytest.mark.parametrize("kind", ["429", "500", "503", "reset", "garbage_body"])
+@pytest.mark.parametrize("kind", ["429", "500", "503", "reset"])
 def test_transient_faults_are_retried(server: ThreadedServer, transport: str, kind: str) -> None:
     server.add_faults({"kind": kind, "count": 2, "retry_after": 0})
     result, client = run(chat_once(settings(server, transport=transport), ChatRequest(None, evolution_prompt(kind))))
@@ -220,7 +220,7 @@ def test_transient_faults_are_retried(server: ThreadedServer, transport: str, ki
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-@pytest.mark.parametrize("kind", ["429", "500", "503", "reset", "garbage_body"])
+@pytest.mark.parametrize("kind", ["429", "500", "503", "reset"])
 def test_transient_faults_give_up_after_max_retries(server: ThreadedServer, transport: str, kind: str) -> None:
     server.add_faults({"kind": kind, "count": 10, "retry_after": 0})
     error, client = run(chat_error(settings(server, transport=transport, max_retries=2), ChatRequest(None, "q")))
@@ -229,6 +229,15 @@ def test_transient_faults_give_up_after_max_retries(server: ThreadedServer, tran
     if kind in ("429", "500", "503"):
         assert error.status == int(kind) and kind in str(error)
     assert server.stats()["faults_fired"] == {kind: 3}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_200_that_is_not_json_is_one_unreadable_answer(server: ThreadedServer, transport: str) -> None:
+    """It may be billed: asking again could bill it again, so it is counted once and not retried."""
+    server.add_faults({"kind": "garbage_body", "count": 5})
+    error, client = run(chat_error(settings(server, transport=transport), ChatRequest(None, "q")))
+    assert isinstance(error, UnreadableAnswer) and "not JSON" in str(error)
+    assert client.usage.requests == 1 and client.usage.retries == 0 and server.stats()["total"] == 1
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -518,8 +527,8 @@ EXCEPTIONS: list[tuple[str, Callable[[], BaseException], type[EndpointError], st
     (
         "openai.APIResponseValidationError",
         lambda: openai.APIResponseValidationError(_httpx_response(200), None),
-        TransientEndpointError,
-        None,
+        UnreadableAnswer,
+        "bad_body",
     ),
 ]
 for _status, _cls, _expected in [
@@ -561,7 +570,7 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("2") == 2.0
     assert parse_retry_after("0.5") == 0.5
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    assert parse_retry_after("-3") == 0.0
+    assert parse_retry_after("-3") is None and parse_retry_after("nan") is None and parse_retry_after("inf") is None
     assert parse_retry_after("99999") == 600.0
     now = 1_700_000_000.0
     date = email.utils.formatdate(now + 30, usegmt=True)
@@ -575,3 +584,33 @@ def test_proxy_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert proxy_for("https://api.openai.com/v1") == "http://proxy.invalid:3128"
     assert proxy_for("http://127.0.0.1:8000/v1") is None
     assert proxy_for("http://gpu-box:8000/v1") is None  # no HTTP_PROXY set
+
+
+# reliability II -------------------------------------------------------------------------------------
+def test_an_insane_retry_after_falls_back_to_backoff(server: ThreadedServer) -> None:
+    """Retry-After: -5 (and retry-after-ms: -5000) must not send every attempt at once."""
+    server.add_faults({"kind": "429", "count": 3, "retry_after": -5})
+    started = time.monotonic()
+    result, client = run(chat_once(settings(server, retry_base_wait=0.1, retry_max_wait=1.0), ChatRequest(None, "q")))
+    assert result.text and client.usage.retries == 3
+    assert time.monotonic() - started >= 0.05 + 0.1 + 0.2 - 0.01  # at least the jittered backoff of 3 retries
+
+
+def test_a_cache_written_with_old_keys_is_still_used(server: ThreadedServer, tmp_path: Path) -> None:
+    """v1 keys knew neither the endpoint nor the round: they answer round 1's first attempt, nothing else."""
+    s = settings(server)
+    request = ChatRequest("sys", evolution_prompt("old"), [PIXEL], prefix="fixed part ", round=1)
+    params = {"temperature": s.temperature, "max_tokens": s.max_tokens, "response_format": None}
+    old_key = legacy_request_key(s.model, "sys", "fixed part " + request.text, [PIXEL.key], params)
+    with ResponseCache(tmp_path / "cache.sqlite") as cache:
+        cache.put(old_key, {"text": "from the old cache", "prompt_tokens": 1, "completion_tokens": 1})
+
+    async def ask(req: ChatRequest) -> ChatResult:
+        with ResponseCache(tmp_path / "cache.sqlite") as cache:
+            async with ChatClient(s, cache) as client:
+                return await client.chat(req)
+
+    hit = run(ask(request))
+    assert hit.cached and hit.text == "from the old cache" and server.stats()["total"] == 0
+    later = run(ask(ChatRequest("sys", request.text, [PIXEL], prefix="fixed part ", round=2)))
+    assert not later.cached and later.text != "from the old cache" and server.stats()["total"] == 1

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import math
 import re
 import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,13 @@ import httpx
 import openai
 import pytest
 
-from evolve.fakeserver import ThreadedServer, messages_sha256, stable_fraction
-from evolve.fakeserver.content import QAS_KEYS
+from evolve.checks import check_sample, parse_checks
+from evolve.fakeserver import Config, ThreadedServer, messages_sha256, stable_fraction
+from evolve.fakeserver.__main__ import parse_args
+from evolve.fakeserver.content import ATOMIC_PROPOSITIONS, QAS_KEYS, Brief, Settings, answer, read_brief, rewrite_item
+from evolve.parse import parse_qas
+from evolve.prompts import PromptSet
+from evolve.records import QAS, Sample, parse_record
 
 REPO = Path(__file__).resolve().parent.parent
 FENCE = re.compile(r"```json\s*(.*?)\s*```", re.DOTALL)
@@ -126,7 +134,9 @@ def test_judge_prompt_async(server: ThreadedServer) -> None:
         assert verdict["improved"] == "yes"
         assert 5 <= verdict["score"] <= 9
         assert verdict["reason"]
-    assert server.stats()["by_kind"] == {"evolve": 0, "judge": 1, "other": 0}
+    assert server.stats()["by_kind"] == {
+        "evolve": 0, "judge": 1, "annotate": 0, "claims_split": 0, "claims_check": 0, "other": 0,
+    }  # fmt: skip
 
 
 def test_many_concurrent_async_requests_and_diversity(server: ThreadedServer) -> None:
@@ -333,7 +343,14 @@ def test_stats_log_and_reset(server: ThreadedServer, client: openai.OpenAI) -> N
     client.chat.completions.create(model="c", messages=user("hi"))
     stats = server.stats()
     assert stats["total"] == 3
-    assert stats["by_kind"] == {"evolve": 1, "judge": 1, "other": 1}
+    assert stats["by_kind"] == {
+        "evolve": 1,
+        "judge": 1,
+        "annotate": 0,
+        "claims_split": 0,
+        "claims_check": 0,
+        "other": 1,
+    }
     assert stats["by_status"] == {"200": 3}
     log = server.log()
     assert [(e["kind"], e["model"], e["n_items"]) for e in log] == [
@@ -517,3 +534,261 @@ def test_cli_refuses_non_loopback_host() -> None:
         cwd=REPO, capture_output=True, text=True, timeout=20,
     )  # fmt: skip
     assert result.returncode == 2 and "loopback" in result.stderr
+
+
+# --------------------------------------------------------------------------- annotation and claims
+
+
+def items_prompt(heading: str, items: list[dict[str, Any]], lead: str = "Instructions.\n") -> str:
+    """A prompt of the new kinds: instructions, then the heading and its fenced items."""
+    return f"{lead}{heading}\n```json\n{json.dumps(items)}\n```\nAnswer with JSON.\n"
+
+
+def test_annotate_kind(server: ThreadedServer, client: openai.OpenAI) -> None:
+    items = [
+        {"index": 1, "question": "What colour is the car parked near the fire hydrant?", "answer": "Red."},
+        {"index": 2, "question": "", "answer": "Nothing to annotate."},
+        {"index": 3, "question": "Is the umbrella open?", "answer": "Yes."},
+    ]
+    prompt = items_prompt("### Q&A&S to Annotate", items, "### Given Q&A&S is mentioned here, not as the heading\n")
+    reply = client.chat.completions.create(model="m", messages=user(prompt)).choices[0].message.content or ""
+    first, empty, third = fenced_json(reply)
+    assert first["index"] == 1 and first["objects"] == ["car", "fire", "hydrant"]
+    assert 1 <= len(first["skills"]) <= 3 and 1 <= len(first["steps"]) <= 3
+    assert set(first["skills"]) <= set(ATOMIC_PROPOSITIONS)
+    assert all(re.fullmatch(r"\w+(_\d)?\(.+\)->\w+_\d", s["manipulation"]) for s in first["steps"])
+    assert empty == {"index": 2, "objects": [], "skills": [], "steps": []}
+    assert third["objects"] == ["umbrella", "open"]
+    assert [e["kind"] for e in server.log()] == ["annotate"]
+    again = client.chat.completions.create(model="m", messages=user(prompt)).choices[0].message.content
+    assert again == reply
+
+
+def test_claims_split_and_check_kinds(server: ThreadedServer, client: openai.OpenAI) -> None:
+    answers = [
+        "A dog runs. It chases a red ball!  The grass is wet? Four sentences make no fourth claim.",
+        "Only one sentence here",
+        "",
+    ]
+    items = [{"index": i + 1, "question": f"q{i}", "answer": a} for i, a in enumerate(answers)]
+    split = client.chat.completions.create(model="m", messages=user(items_prompt("### Q&A&S to Split", items)))
+    claims = fenced_json(split.choices[0].message.content or "")
+    assert claims == [
+        {"index": 1, "claims": ["A dog runs.", "It chases a red ball!", "The grass is wet?"]},
+        {"index": 2, "claims": ["Only one sentence here"]},
+        {"index": 3, "claims": []},
+    ]
+    flat = [c for item in claims for c in item["claims"]] + [f"Claim number {i}." for i in range(40)]
+    listed = [{"id": i + 1, "claim": c} for i, c in enumerate(flat)] + [{"id": 99, "claim": " "}]
+    prompt = items_prompt("### Claims to Check", listed)
+    verdicts = fenced_json(client.chat.completions.create(model="m", messages=user(prompt)).choices[0].message.content)
+    assert [v["verdict"] for v in verdicts] == ["yes"] * len(flat) + ["unsure"]  # false_claim_ratio 0: all true
+    server.set_config(false_claim_ratio=0.3)
+    verdicts = fenced_json(client.chat.completions.create(model="m", messages=user(prompt)).choices[0].message.content)
+    expected = ["no" if stable_fraction("claim", c) < 0.3 else "yes" for c in flat]
+    assert [v["verdict"] for v in verdicts[:-1]] == expected and [v["id"] for v in verdicts] == [
+        *range(1, len(flat) + 1),
+        99,
+    ]
+    assert 4 <= expected.count("no") <= 24
+    assert [e["kind"] for e in server.log()] == ["claims_split", "claims_check", "claims_check"]
+
+
+def test_text_parts_are_concatenated(server: ThreadedServer, client: openai.OpenAI) -> None:
+    """A prompt split around an image (even inside a heading) reads as the concatenation of its text parts."""
+    whole = items_prompt("### Q&A&S to Annotate", [{"index": 1, "question": "Where is the kite?", "answer": "Up."}])
+    cut = whole.index("to Annotate")
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    content: list[Any] = [{"type": "text", "text": whole[:cut]}, image, {"type": "text", "text": whole[cut:]}]
+    reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": content}])
+    (annotation,) = fenced_json(reply.choices[0].message.content or "")
+    assert annotation["objects"] == ["kite"]
+    (entry,) = server.log()
+    assert entry["kind"] == "annotate" and entry["has_image"] and entry["n_items"] == 1
+    assert reply.usage is not None and reply.usage.prompt_tokens == math.ceil(len(whole) / 4) + 85
+
+
+# --------------------------------------------------------------------------- judge votes
+
+
+def test_verdict_noise_follows_question_and_seed(server: ThreadedServer, client: openai.OpenAI) -> None:
+    rewritten = [{"question": f"Which object number {i} is nearest?", "answer": "x"} for i in range(50)]
+    prompt = judge_prompt(given_items(50), rewritten)
+
+    def vote(**body: Any) -> list[dict[str, Any]]:
+        resp = client.chat.completions.create(model="m", messages=user(prompt), **body)
+        result: list[dict[str, Any]] = fenced_json(resp.choices[0].message.content or "")
+        return result
+
+    server.set_config(reject_ratio=0.2, score_min=3, score_max=8)
+    base = vote()
+    assert vote(seed=3) == base  # no noise configured: the seed changes nothing
+    server.set_config(verdict_noise=0.25)
+    assert vote() == base  # noise needs a seed
+    ballots = {seed: vote(seed=seed) for seed in range(5)}
+    flips = 0
+    for seed, verdicts in ballots.items():
+        for item, plain, noisy in zip(rewritten, base, verdicts, strict=True):
+            flipped = stable_fraction("verdict_noise", item["question"], seed) < 0.25
+            flips += flipped
+            assert (noisy["improved"] != plain["improved"]) == flipped
+            moved = noisy["score"] - plain["score"]
+            assert moved in (-2, -1, 1, 2) or noisy["score"] in (1, 10)
+            assert 1 <= noisy["score"] <= 10
+    assert 30 <= flips <= 95  # about a quarter of 250
+    assert vote(seed=2) == ballots[2]
+    for index, item in enumerate(rewritten):  # majority of 5 votes, computed from the hashes alone
+        base_yes = stable_fraction("judge", item["question"]) >= 0.2
+        yes = sum(base_yes != (stable_fraction("verdict_noise", item["question"], s) < 0.25) for s in range(5))
+        assert (sum(ballots[s][index]["improved"] == "yes" for s in range(5)) >= 3) == (yes >= 3)
+    with httpx.Client(trust_env=False) as http:  # a boolean is not a seed
+        body = {"model": "m", "messages": user(prompt), "seed": True}
+        reply = http.post(server.base_url + "/chat/completions", json=body).json()
+    assert fenced_json(reply["choices"][0]["message"]["content"]) == base
+
+
+# --------------------------------------------------------------------------- token budget
+
+
+def test_max_tokens_cuts_the_answer(server: ThreadedServer, client: openai.OpenAI) -> None:
+    prompt = evolve_prompt(given_items(4))
+    full = client.chat.completions.create(model="m", messages=user(prompt), max_tokens=100_000).choices[0]
+    text = full.message.content or ""
+    assert full.finish_reason == "stop" and len(text) > 400
+    cut = client.chat.completions.create(model="m", messages=user(prompt), max_tokens=100)
+    assert cut.choices[0].message.content == text[:400] and cut.choices[0].finish_reason == "length"
+    assert cut.usage is not None and cut.usage.completion_tokens == 100
+    newer = client.chat.completions.create(model="m", messages=user(prompt), max_completion_tokens=50)
+    assert newer.choices[0].message.content == text[:200] and newer.choices[0].finish_reason == "length"
+    exact = client.chat.completions.create(model="m", messages=user(prompt), max_tokens=math.ceil(len(text) / 4))
+    assert exact.choices[0].message.content == text and exact.choices[0].finish_reason == "stop"
+
+
+def test_eight_reasoning_items_of_500_tokens_do_not_fit_in_4096(server: ThreadedServer, client: openai.OpenAI) -> None:
+    prompts = PromptSet.load()
+    sample = Sample(id="s", qa=[QAS(question=f"What is object {i} doing?", answer="It rests.") for i in range(8)])
+    messages: Any = [
+        {"role": "system", "content": prompts.system},
+        {"role": "user", "content": prompts.render_evolution("reasoning", sample)},
+    ]
+    server.set_config(item_tokens=500)
+    roomy = client.chat.completions.create(model="m", messages=messages, max_tokens=8192).choices[0]
+    items = parse_qas(roomy.message.content or "")
+    assert roomy.finish_reason == "stop" and len(items) == 8
+    assert all(len(item.answer) == 2000 for item in items)  # padded to 500 tokens each
+    tight = client.chat.completions.create(model="m", messages=messages, max_tokens=4096)
+    assert tight.choices[0].finish_reason == "length" and tight.usage is not None
+    assert tight.usage.completion_tokens == 4096
+    complete = sum(1 for line in (roomy.message.content or "")[:16384].split("\n")[2:] if line.endswith(("},", "}")))
+    assert len(parse_qas(tight.choices[0].message.content or "")) == complete == 6  # 16,384 characters hold 6
+    server.set_config(item_tokens=0)
+    short = parse_qas(
+        client.chat.completions.create(model="m", messages=messages, max_tokens=4096).choices[0].message.content or ""
+    )
+    assert len(short) == 8 and all(len(item.answer) < 200 for item in short)
+
+
+# --------------------------------------------------------------------------- prompt caching
+
+
+def cached_tokens(reply: Any) -> int | None:
+    details = reply.usage.prompt_tokens_details
+    return None if details is None else details.cached_tokens
+
+
+def test_prefix_cache_figures(server: ThreadedServer, client: openai.OpenAI) -> None:
+    fixed = "F" * 4096  # exactly 1,024 tokens: 8 blocks of 128 tokens (512 characters)
+    replies: list[Any] = []
+
+    def send(*parts: Any, model: str = "m") -> int | None:
+        content = [p if isinstance(p, dict) else {"type": "text", "text": p} for p in parts]
+        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}])
+        replies.append(reply)
+        return cached_tokens(reply)
+
+    assert send(fixed, "tail one") == 0  # first sight
+    assert send(fixed, "tail two") == 1024  # the 8 shared blocks
+    assert send(fixed, "x" * 2000) == 1024  # 11 blocks, 8 seen
+    assert send(fixed, "x" * 2000) == 1408  # all 11 (the last 464 characters make no block)
+    assert send(fixed, "x" * 1000, "y" * 1000) == 1152  # x up to character 5,096: block 9 shared, 10 not
+    assert send(fixed, model="other") == 0  # per model
+    assert send("F" * 3000, "short") == 0  # under 1,024 tokens: never cached, not counted
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,ONE"}}
+    other = {"type": "image_url", "image_url": {"url": "data:image/png;base64,TWO"}}
+    head, tail = "h" * 3000, "t" * 2000
+    assert send(head, image, tail) == 0  # 3,000 + 340 (85 tokens) + 2,000 characters: 10 blocks
+    assert replies[-1].usage.prompt_tokens == 750 + 85 + 500
+    assert send(head, other, tail) == 0  # another image: only 5 blocks in common
+    assert send(head, image, tail[:1000] + "u" * 1000) == 1024  # 4,340 characters in common: 8 blocks
+    assert send(head, image, tail) == 1280
+    stats = server.stats()
+    assert stats["prefix_cache"]["enabled"] is True
+    assert (stats["prefix_cache"]["requests"], stats["prefix_cache"]["hits"]) == (10, 6)
+    assert stats["prefix_cache"]["cached_tokens"] == 1024 + 1024 + 1408 + 1152 + 1024 + 1280
+    assert stats["prompt_tokens"] == sum(r.usage.prompt_tokens for r in replies)
+    assert [e["cached_tokens"] for e in server.log()] == [cached_tokens(r) for r in replies]
+
+
+def test_prefix_cache_is_bounded_and_can_be_off(server: ThreadedServer, client: openai.OpenAI) -> None:
+    server.set_config(prefix_cache_blocks=2)
+    prompts = [c * 4200 for c in "abc"]  # 8 blocks each: one remembered prefix each
+    for prompt in prompts:
+        client.chat.completions.create(model="m", messages=user(prompt))
+    assert server.stats()["prefix_cache"]["entries"] == 2  # "a" was evicted
+    reply = client.chat.completions.create(model="m", messages=user(prompts[0]))
+    assert cached_tokens(reply) == 0
+    reply = client.chat.completions.create(model="m", messages=user(prompts[2]))
+    assert cached_tokens(reply) == 1024
+    server.set_config(prefix_cache=False)
+    reply = client.chat.completions.create(model="m", messages=user(prompts[2]))
+    assert reply.usage is not None and reply.usage.prompt_tokens_details is None
+    assert server.stats()["prefix_cache"]["enabled"] is False
+    server.reset()
+    assert server.stats()["prefix_cache"]["entries"] == 0
+
+
+def test_cli_has_a_flag_for_every_setting() -> None:
+    defaults = vars(parse_args([]))
+    for name, value in Config().as_dict().items():
+        assert defaults[name] == value, name
+    args = parse_args(["--verdict-noise", "0.2", "--false-claim-ratio", "0.1", "--item-tokens", "500",
+                       "--no-prefix-cache", "--prefix-cache-blocks", "64"])  # fmt: skip
+    assert (args.verdict_noise, args.false_claim_ratio, args.item_tokens) == (0.2, 0.1, 500)
+    assert (args.prefix_cache, args.prefix_cache_blocks) == (False, 64)
+
+
+# --------------------------------------------------------------------------- the fake model follows the prompts
+
+SHARED_SEEDS = REPO.parent / "shared" / "data" / "mmevol_demo_seeds.jsonl"
+
+
+@pytest.mark.skipif(not SHARED_SEEDS.is_file(), reason=f"{SHARED_SEEDS} is not beside the checkout")
+def test_fake_rewrites_pass_the_rule_checks_on_the_demo_seeds() -> None:
+    """What the prompts forbid, the fake rewriter does not do: counts or locations without boxes, fewer
+    reasoning steps, multiple choice without options (checked by evolve.checks on 300 demo seeds)."""
+    prompts = PromptSet.load()
+    rules = parse_checks("all")
+    operators = ("perceptual", "reasoning", "interaction")
+    seen: Counter[tuple[str, bool]] = Counter()
+    with SHARED_SEEDS.open(encoding="utf-8") as lines:
+        for number, line in enumerate(itertools.islice(lines, 300)):
+            seed = parse_record(json.loads(line), f"seed:{number}")[0]
+            operator = operators[number % 3]
+            text = prompts.render_evolution(operator, seed)
+            assert read_brief(text) == Brief(operator, bool(seed.objects))
+            items = parse_qas(answer(text, Settings()).content)
+            child = seed.model_copy(update={"id": "c", "qa": items, "operator": operator, "round": 1})
+            assert all(not found for found in check_sample(child, seed, rules)), (operator, seed.id)
+            seen[(operator, bool(seed.objects))] += 1
+            if operator == "reasoning":
+                assert all(len(new.steps) > len(old.steps) for old, new in zip(seed.qa, items, strict=True))
+    assert min(seen.values()) >= 5 and len(seen) == 6  # every operator, with and without boxes
+
+
+def test_fake_multiple_choice_has_options() -> None:
+    items = [rewrite_item({"question": f"q{i}?", "answer": "a."}, "s", i) for i in range(200)]
+    choices = [item for item in items if item["format"] == "multi_choice"]
+    assert len(choices) >= 10
+    for item in choices:
+        letter = item["answer"][0]
+        assert item["answer"][1:3] == ". " and f"{letter}. the " in item["question"] and "B. the " in item["question"]

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import io
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from PIL import Image
 
 from evolve.errors import ImageError
 from evolve.images import (
-    INLINE_LIMIT,
+    MAX_PIXELS,
     EncodedImage,
     ImageEncoder,
     check_image,
@@ -188,17 +189,38 @@ def test_remote_urls(tmp_path: Path) -> None:
     assert got.url == data_url and got.key.startswith("sha256:") and "AAAA" not in got.key
 
 
-def test_aencode_small_and_big(tmp_path: Path) -> None:
+def test_aencode_decodes_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     small = _png(tmp_path / "s.png", (30, 30))
     big = _noisy_jpeg(tmp_path / "b.jpg", (900, 700))
-    assert big.stat().st_size > INLINE_LIMIT
     enc = ImageEncoder(max_side=100)
+    threads: list[int] = []
+    pil_open = Image.open
 
-    async def main() -> tuple[EncodedImage, EncodedImage, EncodedImage]:
-        return await asyncio.gather(enc.aencode(small), enc.aencode(big), enc.aencode(big))
+    def watched_open(*args: object, **kwargs: object) -> Image.Image:
+        threads.append(threading.get_ident())
+        return pil_open(*args, **kwargs)  # type: ignore[arg-type]
 
-    s, b1, b2 = asyncio.run(main())
+    monkeypatch.setattr(Image, "open", watched_open)  # watch Pillow (not evolve) to see where decoding runs
+
+    async def main() -> tuple[int, tuple[EncodedImage, ...]]:
+        found = await asyncio.gather(enc.aencode(small), enc.aencode(big), enc.aencode(big))
+        return threading.get_ident(), tuple(found)
+
+    loop_thread, (s, b1, b2) = asyncio.run(main())
+    assert threads and loop_thread not in threads  # every miss was decoded in a worker thread
+    monkeypatch.undo()
     assert s == enc.encode(small)
     assert b1.key == b2.key == "sha256:" + hashlib.sha256(big.read_bytes()).hexdigest()
     assert max(_decode(b1.url).size) == 100
     assert asyncio.run(enc.aencode("http://h/x.png")).key == "url:http://h/x.png"
+
+
+def test_a_picture_over_the_pixel_budget_is_refused_from_its_header(tmp_path: Path) -> None:
+    side = int(MAX_PIXELS**0.5) + 10
+    path = tmp_path / "huge.png"
+    Image.new("1", (side, side)).save(path, optimize=True)  # a tiny file holding a huge picture
+    assert path.stat().st_size < 2_000_000
+    with pytest.raises(ImageError, match=r"image too large: .*px, over the 40 MP limit"):
+        check_image(path)
+    with pytest.raises(ImageError, match="over the 40 MP limit"):
+        ImageEncoder().encode(path)

@@ -12,9 +12,21 @@ import pytest
 
 import evolve.parse as parse_module
 from evolve.errors import AnswerParseError
-from evolve.parse import Verdict, parse_qas, parse_qas_detailed, parse_verdicts, parse_verdicts_detailed
+from evolve.parse import (
+    SKILLS,
+    Annotation,
+    Verdict,
+    parse_annotations,
+    parse_claim_verdicts,
+    parse_claims,
+    parse_qas,
+    parse_qas_detailed,
+    parse_verdicts,
+    parse_verdicts_detailed,
+)
+from evolve.records import QAS, Step
 
-DATA = Path("/work/shared/data/gpt4o_mini_round1_responses.jsonl")
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gpt4o_mini_round1_responses.jsonl"
 ROWS: list[dict[str, Any]] = (
     [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
     if DATA.is_file()
@@ -485,3 +497,134 @@ def test_damaged_real_answers_never_crash() -> None:
             read += 1
             assert all(item.question.strip() or item.answer.strip() for item in items)
     assert read > 400  # most damage is local: the other items still come through
+
+
+# --------------------------------------------------------------------------- annotations
+
+ANNOTATED = """```json
+[
+ {"index": 1, "objects": ["dog", "kite"], "skills": ["Grounding", "Behaviour Prediction"],
+  "steps": [{"manipulation": "Grounding_1(dog)->bbx_1", "description": "The dog is at the bottom."}]},
+ {"index": 2, "objects": [], "skills": [], "steps": []},
+ {"index": 3, "objects": ["boat"], "skills": ["OCR"], "steps": [{"manipulation": null, "description": "Read it."}]}
+]
+```"""
+
+
+def test_annotations_clean() -> None:
+    first, second, third = parse_annotations(ANNOTATED, 3)
+    assert first is not None and third is not None
+    assert first.objects == ["dog", "kite"] and first.skills == ["Grounding", "Behaviour Prediction"]
+    assert first.steps == [Step(manipulation="Grounding_1(dog)->bbx_1", description="The dog is at the bottom.")]
+    assert second is None  # empty lists: the model could not annotate it
+    assert third.steps[0].manipulation is None
+    item = QAS(question="What does the hull say?", answer="MARLIN 7.")
+    annotated = third.apply(item)
+    assert (annotated.question, annotated.answer, annotated.objects) == (item.question, item.answer, ["boat"])
+
+
+def test_annotations_messy() -> None:
+    text = """Sure! Here are the annotations:
+    [
+      {'index': '2', 'objects': 'boat, hull', 'skills': 'ocr, grounding', 'steps': 'OCR_1(hull)->txt_1: reads MARLIN',},
+      // the first item
+      {"Index": 1, "Objects": ["dog"], "Skills": ["behavior prediction", "Behaviour Prediction", "Counting"],
+       "Steps": ["Look at the dog.", {"manipulation": "Referring_1(bbx)->tgt_1", "description": "zoom"}],},
+    ]
+    Hope this helps."""
+    first, second = parse_annotations(text, 2)
+    assert first is not None and second is not None
+    assert first.skills == ["Behaviour Prediction", "Counting"]  # canonical names, duplicates merged
+    assert [s.description for s in first.steps] == ["Look at the dog.", "zoom"]
+    assert second.objects == ["boat", "hull"] and second.skills == ["OCR", "Grounding"]
+    assert second.steps == [Step(description="OCR_1(hull)->txt_1: reads MARLIN")]
+    assert all(name in SKILLS for name in second.skills)
+
+
+def test_annotations_by_position_without_indexes_and_wrapped() -> None:
+    text = '{"annotations": [{"objects": ["a"]}, {"objects": ["b"], "skills": ["OCR"]}]}'
+    found = parse_annotations(text, 3)
+    assert [a.objects if a else None for a in found] == [["a"], ["b"], None]
+    zero_based = '[{"index": 0, "objects": ["x"]}, {"index": 1, "objects": ["y"]}]'
+    assert [a.objects if a else None for a in parse_annotations(zero_based, 2)] == [["x"], ["y"]]
+    too_many = '[{"objects": ["1"]}, {"objects": ["2"]}, {"objects": ["3"]}]'
+    assert [a.objects if a else None for a in parse_annotations(too_many, 2)] == [["1"], ["2"]]
+    out_of_range = '[{"index": 7, "objects": ["p"]}, {"index": 1, "objects": ["q"]}]'
+    assert [a.objects if a else None for a in parse_annotations(out_of_range, 2)] == [["p"], ["q"]]
+
+
+def test_annotations_truncated_and_nulls() -> None:
+    cut = ANNOTATED[: ANNOTATED.index('"boat"')]
+    assert [a is not None for a in parse_annotations(cut, 3)] == [True, False, False]
+    nulls = '[{"index": 1, "objects": ["a"]}, null, {"index": 3, "objects": ["c"]}]'
+    assert [a.objects if a else None for a in parse_annotations(nulls, 3)] == [["a"], None, ["c"]]
+
+
+@pytest.mark.parametrize("text", ["", "I cannot annotate these.", '[{"question": "q", "answer": "a"}]'])
+def test_annotations_unreadable(text: str) -> None:
+    with pytest.raises(AnswerParseError):
+        parse_annotations(text, 2)
+
+
+def test_annotation_model() -> None:
+    assert Annotation.model_validate({"objects": None, "skills": None, "steps": None}).empty
+    assert Annotation.model_validate({"steps": {"manipulation": "OCR_1(x)->txt_1", "description": "d"}}).steps[0]
+    assert Annotation.model_validate({"objects": [1, None, " cup "]}).objects == ["1", "cup"]
+
+
+# --------------------------------------------------------------------------- claims
+
+
+def test_claims_clean_and_messy() -> None:
+    clean = '```json\n[{"index": 1, "claims": ["A dog runs.", "The ball is red."]}, {"index": 2, "claims": []}]\n```'
+    assert parse_claims(clean, 2) == [["A dog runs.", "The ball is red."], []]
+    messy = """Here you go:
+    {"items": [
+      {"index": 2, "claims": "- There is a bench.\n- The bench is green.\n\n"},
+      {"index": 1, "claims": [{"claim": "A kite flies."}, {"text": "The sky is clear."}, "", 3]},
+    ]}"""
+    assert parse_claims(messy, 3) == [
+        ["A kite flies.", "The sky is clear."],
+        ["There is a bench.", "The bench is green."],
+        [],
+    ]
+    assert parse_claims('[{"claims": ["one."]}]', 2) == [["one."], []]
+
+
+def test_claims_truncated_and_unreadable() -> None:
+    text = '[{"index": 1, "claims": ["A."]}, {"index": 2, "claims": ["B.", "C'
+    assert parse_claims(text, 3) == [["A."], [], []]
+    with pytest.raises(AnswerParseError):
+        parse_claims("No claims.", 1)
+
+
+def test_claim_verdicts() -> None:
+    clean = '```json\n[{"id": 1, "verdict": "yes"}, {"id": 2, "verdict": "no"}, {"id": 3, "verdict": "unsure"}]\n```'
+    assert parse_claim_verdicts(clean, 3) == [True, False, None]
+    shuffled = '[{"id": 3, "verdict": "No."}, {"id": 1, "answer": "YES, it is"}, {"claim": 2, "verdict": "not sure"}]'
+    assert parse_claim_verdicts(shuffled, 4) == [True, None, False, None]
+    words = 'Answers: ["yes", "No", "unsure", true, "false", "cannot tell", "maybe"]'
+    assert parse_claim_verdicts(words, 7) == [True, False, None, True, False, None, None]
+    cut = '[{"id": 1, "verdict": "yes"}, {"id": 2, "verdict": "no"}, {"id": 3, "verd'
+    assert parse_claim_verdicts(cut, 3) == [True, False, None]
+    assert parse_claim_verdicts("[{'id': '2', 'verdict': 'correct'}]", 2) == [None, True]
+
+
+@pytest.mark.parametrize("text", ["", "All claims are true.", '[{"id": 1}]', "[1, 2]"])
+def test_claim_verdicts_unreadable(text: str) -> None:
+    with pytest.raises(AnswerParseError):
+        parse_claim_verdicts(text, 2)
+
+
+def test_fences_inside_strings_of_one_item_per_line() -> None:
+    """An answer echoing code blocks (as for a real demo seed's HTML tutorial), one item per line: the fences
+    inside its strings cut the outer fence into pieces, one of which holds a complete item; the whole text
+    holds them all."""
+    items = [
+        {"question": "How is the page built?", "answer": "With HTML:\n\n```html\n<p>Hi</p>\n```\nand CSS."},
+        {"question": "And the style?", "answer": "Plain CSS."},
+        {"question": "Third?", "answer": "See ```css\np {}\n```"},
+        {"question": "Fourth?", "answer": "Done."},
+    ]
+    text = "```json\n[\n  " + ",\n  ".join(json.dumps(item) for item in items) + "\n]\n```"
+    assert [item.question for item in parse_qas(text)] == [item["question"] for item in items]

@@ -73,10 +73,10 @@ def damage(folder: Path) -> int:
     """Make `folder` look like a job killed in round 2; returns the number of sample-rounds lost (3)."""
     lost = sorted({r["seed_id"] for r in lines(folder / "round-2" / "evolved.jsonl")})[:3]
     gone, half = set(lost[:2]), lost[2]
-    for name in ("evolved", "judged", "kept", "dropped"):
+    for name in ("evolved", "judged", "kept", "dropped", "outcomes"):
         path = folder / "round-2" / f"{name}.jsonl"
         keep = [r for r in lines(path) if r["seed_id"] not in gone]
-        if name in ("kept", "dropped"):  # `half` wrote evolved and judged, then died
+        if name in ("kept", "dropped", "outcomes"):  # `half` wrote evolved and judged, then died
             keep = [r for r in keep if r["seed_id"] != half]
         path.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
     with (folder / "round-2" / "evolved.jsonl").open("a", encoding="utf-8") as fp:
@@ -119,6 +119,7 @@ def inside_namespace(spec: dict[str, Any]) -> None:
             except EvolveError as exc:
                 report["fatal"] = [type(exc).__name__, exc.exit_code]
             report["fatal_status"] = json.loads((failed / "run.json").read_text())["status"]
+            report["fatal"] = report.get("fatal") or ["none", 0]
         finally:
             ray.shutdown()
     Path(spec["report"]).write_text(json.dumps(report), encoding="utf-8")
@@ -191,5 +192,5 @@ def test_without_ray_the_error_names_the_install_command(tmp_path: Path) -> None
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "usage: --executor ray needs Ray Data: pip install 'evolve[ray]'"
+    assert done.stdout.strip() == "usage: --executor ray needs Ray Data: pip install 'mmevolve[ray]'"
     assert not (tmp_path / "run.json").exists()

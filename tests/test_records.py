@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from evolve.errors import InputError, RecordError
+from evolve.export import llava_record, sharegpt_record
 from evolve.records import (
     Loaded,
     Rejected,
@@ -15,8 +16,6 @@ from evolve.records import (
     load_samples,
     parse_record,
     read_samples,
-    to_llava,
-    to_sharegpt,
     write_samples,
 )
 
@@ -158,7 +157,7 @@ def test_canonical_round_trip_and_exports(tmp_path: Path) -> None:
     assert again == samples
 
     llava = tmp_path / "llava.jsonl"
-    llava.write_text("".join(json.dumps(to_llava(s)) + "\n" for s in samples))
+    llava.write_text("".join(json.dumps(llava_record(s, s.image, False)) + "\n" for s in samples))
     back = [s for s in load_samples(llava)]
     assert [[(q.question, q.answer) for q in s.qa] for s in back] == [
         [(q.question, q.answer) for q in s.qa] for s in samples
@@ -166,7 +165,7 @@ def test_canonical_round_trip_and_exports(tmp_path: Path) -> None:
     assert json.loads(llava.read_text().splitlines()[0])["conversations"][0]["value"].startswith("<image>\n")
 
     share = tmp_path / "share.jsonl"
-    share.write_text("".join(json.dumps(to_sharegpt(s)) + "\n" for s in samples))
+    share.write_text("".join(json.dumps(sharegpt_record(s, s.image, False)) + "\n" for s in samples))
     back = list(load_samples(share))
     assert [s.image for s in back] == [s.image for s in samples]
     assert [[q.question for q in s.qa] for s in back] == [[q.question for q in s.qa] for s in samples]

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from evolve.errors import InputError
-from evolve.plots import write_plots
+from evolve.errors import InputError, UsageError
+from evolve.plots import conv_label, write_plots
+from evolve.sampling import margin_of_error
 from evolve.stats import (
     StatsInput,
     StatsReport,
@@ -70,6 +71,7 @@ JUDGED = [
     },
     {
         "id": "b",
+        "seed_id": "b",  # canonical records carry seed_id: their "objects" are boxes
         "objects": [{"label": "stop sign", "bbox": [0, 0, 1, 1]}],
         "qa": [
             item("What color is the sign?", "Red.", skills=["x"], steps=["s1", "s2"], objects=["sign", "car"]),
@@ -138,13 +140,22 @@ def test_synthetic_judged_file_exact_numbers(tmp_path: Path, extractor: SpacyExt
     assert col.top_verbs[0].verb == "describe" and col.top_verbs[0].count == 2
     assert [(n.name, n.count) for n in col.top_verbs[0].nouns] == [("car", 2)]
     assert [v.verb for v in col.top_verbs] == ["describe", "count", "identify"]
-    # objects from items (box labels ignored): car 3, apple 2, tree 2, sign 1
-    assert col.object_source == "items"
-    assert (col.object_mentions, col.distinct_objects) == (8, 4)
-    assert [(o.name, o.count) for o in col.top_objects] == [("car", 3), ("apple", 2), ("tree", 2), ("sign", 1)]
-    assert col.long_tail_share == pytest.approx(5 / 8)
-    assert report.distinct_questions == 4
+    # objects once per sample, boxes and items alike: a {car, tree, apple}, b {stop sign, sign, car, apple, tree}
+    assert col.object_source == "boxes+items"
+    assert (col.object_mentions, col.distinct_objects) == (8, 5)
+    assert [(o.name, o.count) for o in col.top_objects] == [
+        ("apple", 2),
+        ("car", 2),
+        ("tree", 2),
+        ("sign", 1),
+        ("stop sign", 1),
+    ]
+    assert col.long_tail_share == pytest.approx(6 / 8)  # head = ceil(0.2 * 5) = 1 name: apple
+    # "Describe the car." twice
+    assert (col.distinct_questions, col.duplicate_question_share) == (4, pytest.approx(0.2))
+    assert (report.distinct_questions, report.parsed_texts) == (4, 4)
     assert report.parser == "spacy"
+    assert not col.verb_noun_sampled and col.verb_noun_questions == 5 and col.share_moe_95 is None
 
 
 def test_real_seed_lines_exact_numbers(tmp_path: Path, extractor: SpacyExtractor) -> None:
@@ -154,7 +165,7 @@ def test_real_seed_lines_exact_numbers(tmp_path: Path, extractor: SpacyExtractor
     path = tmp_path / "seeds.jsonl"
     path.write_text("".join(lines), encoding="utf-8")
     col = compute_stats(resolve_inputs([path]), extractor, progress=False).columns[0]
-    assert (col.samples, col.qa_items) == (2, 11)
+    assert (col.samples, col.qa_items, col.distinct_questions) == (2, 11, 11)
     assert col.question_tokens_mean == pytest.approx(102 / 11)
     assert col.answer_tokens_mean == pytest.approx(623 / 11)
     assert (col.skills_length_mean, col.step_length_mean) == (0.0, 0.0)
@@ -302,6 +313,7 @@ def test_plots_are_written_as_pngs(tmp_path: Path, extractor: SpacyExtractor) ->
         "sunburst-round-1.png",
         "sunburst-round-2.png",
         "sunburst-round-10.png",
+        "sunburst-seeds-vs-round-10.png",
         "score-density.png",
         "skills-length.png",
         "step-length.png",
@@ -310,6 +322,12 @@ def test_plots_are_written_as_pngs(tmp_path: Path, extractor: SpacyExtractor) ->
     for path in paths:
         data = path.read_bytes()
         assert data.startswith(PNG) and len(data) > 5000
+    # the paper's figure: seed and final sunbursts side by side, each as wide as a single one
+    assert png_width(tmp_path / "plots" / "sunburst-seeds-vs-round-10.png") == 2 * png_width(paths[0])
+
+
+def png_width(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")  # IHDR width
 
 
 def test_plots_without_scores_or_objects_still_written(tmp_path: Path, extractor: SpacyExtractor) -> None:
@@ -318,3 +336,122 @@ def test_plots_without_scores_or_objects_still_written(tmp_path: Path, extractor
     paths = write_plots(report, tmp_path / "out")
     assert len(paths) == 5
     assert all(p.read_bytes().startswith(PNG) for p in paths)
+
+
+# --------------------------------------------------------------------------- duplicates, objects, sampling
+
+
+def test_demo_seeds_duplicate_share_is_counted_over_every_item_even_when_sampling(tmp_path: Path) -> None:
+    if not SEEDS.is_file():
+        pytest.skip(f"{SEEDS} not available")
+    report = compute_stats(resolve_inputs([SEEDS]), SpacyExtractor(), sample=40, progress=False)
+    col = report.columns[0]
+    assert (col.qa_items, col.distinct_questions) == (9878, 8369)
+    assert col.duplicate_question_share == pytest.approx(1509 / 9878)  # 15.3%: exact repeats among the seeds
+    assert col.verb_noun_sampled and col.verb_noun_questions == 40
+    # seeds have no item objects: their boxes are counted, once per sample, names normalised
+    assert col.object_source == "boxes" and col.distinct_objects == 79
+
+
+def test_object_names_are_normalised_and_counted_once_per_sample(tmp_path: Path, extractor: SpacyExtractor) -> None:
+    records = [
+        {
+            "id": "s1",
+            "seed_id": "s1",
+            "objects": [{"label": "traffic light", "bbox": [0, 0, 1, 1]}, {"label": "car", "bbox": [0, 0, 1, 1]}],
+            "qa": [
+                item("Describe the car.", objects=["Traffic lights", "yellow cat", "cars"]),
+                item("Count the cats.", objects=["cat", "hot dogs", '{"name": "Man\'s hat"}']),
+            ],
+        },
+        {"id": "s2", "qa": [item("Describe the cat.", objects=["cats", "the yellow cats", "person with suitcase"])]},
+    ]
+    path = write_jsonl(tmp_path / "objects.jsonl", records)
+    col = compute_stats(resolve_inputs([path]), extractor, progress=False).columns[0]
+    assert col.object_source == "boxes+items"
+    assert {o.name: o.count for o in col.top_objects} == {
+        "cat": 2,
+        "traffic light": 1,
+        "car": 1,
+        "hot dog": 1,
+        "hat": 1,
+        "person": 1,
+    }
+    assert col.object_mentions == 7
+
+
+def many_questions(path: Path, copies: int) -> Path:
+    """`copies` samples of four distinct questions each (4 * copies questions)."""
+    records = [
+        {
+            "id": f"x{i}",
+            "qa": [
+                item(f"Describe the car number {i}."),
+                item(f"Count the apples in basket {i}."),
+                item(f"What color is sign {i}?"),
+                item(f"Identify the dog near tree {i}." if i % 2 else f"Read the label of box {i}."),
+            ],
+        }
+        for i in range(copies)
+    ]
+    return write_jsonl(path, records)
+
+
+def test_sample_is_seeded_uniform_and_reports_its_margin_of_error(tmp_path: Path, extractor: SpacyExtractor) -> None:
+    path = many_questions(tmp_path / "many.jsonl", 100)  # 400 questions
+    inputs = resolve_inputs([path])
+    one = compute_stats(inputs, extractor, sample=80, sample_seed=1, progress=False)
+    again = compute_stats(inputs, extractor, sample=80, sample_seed=1, progress=False)
+    other = compute_stats(inputs, extractor, sample=80, sample_seed=2, progress=False)
+    full = compute_stats(inputs, extractor, progress=False).columns[0]
+    col = one.columns[0]
+    assert (one.sample, one.sample_seed) == (80, 1)
+    assert col.model_dump() == again.columns[0].model_dump()
+    assert [v.count for v in col.top_verbs] != [v.count for v in other.columns[0].top_verbs]
+    assert (col.verb_noun_sampled, col.verb_noun_questions, col.qa_items) == (True, 80, 400)
+    assert sum(v.count for v in col.top_verbs) == col.questions_with_verb <= 80
+    # every other number counts all 400 items
+    assert (col.distinct_questions, col.question_tokens_mean) == (full.distinct_questions, full.question_tokens_mean)
+    assert not full.verb_noun_sampled and full.no_pair_share_moe_95 is None
+    assert col.no_pair_share is not None and col.no_pair_share_moe_95 is not None
+    assert col.no_pair_share_moe_95 == pytest.approx(margin_of_error(col.no_pair_share, 80, 400))
+    assert col.share_moe_95 == pytest.approx(margin_of_error(0.5, 80, 400))
+    assert full.no_pair_share is not None and abs(col.no_pair_share - full.no_pair_share) <= col.no_pair_share_moe_95
+    describe = next(v for v in col.top_verbs if v.verb == "describe")
+    assert describe.share == pytest.approx(describe.count / 80)
+    assert describe.share_moe_95 == pytest.approx(margin_of_error(describe.share, 80, 400))
+
+
+def test_sample_as_large_as_the_column_is_the_exact_count(tmp_path: Path, extractor: SpacyExtractor) -> None:
+    path = write_jsonl(tmp_path / "judged.jsonl", JUDGED)
+    exact = compute_stats(resolve_inputs([path]), extractor, progress=False)
+    sampled = compute_stats(resolve_inputs([path]), extractor, sample=5, progress=False)
+    assert sampled.columns[0].model_dump() == exact.columns[0].model_dump()
+    assert not sampled.columns[0].verb_noun_sampled and sampled.columns[0].no_pair_share_moe_95 is None
+
+
+def test_sampled_table_says_which_numbers_are_estimates(tmp_path: Path, extractor: SpacyExtractor) -> None:
+    path = many_questions(tmp_path / "many.jsonl", 50)
+    report = compute_stats(resolve_inputs([path]), extractor, sample=60, progress=False)
+    console = Console(record=True, width=160)
+    console.print(render_table(report))
+    text = console.export_text()
+    assert "verb–noun measured on" in text and "sample 60 of 200" in text
+    assert "±" in text and "~ = estimate from a uniform sample" in text
+    exact = Console(record=True, width=160)
+    exact.print(render_table(compute_stats(resolve_inputs([path]), extractor, progress=False)))
+    assert "±" not in exact.export_text() and "measured on" not in exact.export_text()
+
+
+def test_sample_must_be_positive(tmp_path: Path, extractor: SpacyExtractor) -> None:
+    path = write_jsonl(tmp_path / "judged.jsonl", JUDGED)
+    with pytest.raises(UsageError, match="--sample"):
+        compute_stats(resolve_inputs([path]), extractor, sample=0, progress=False)
+
+
+def test_conv_labels_follow_the_paper(tmp_path: Path, extractor: SpacyExtractor) -> None:
+    report = compute_stats(resolve_inputs([make_run(tmp_path)]), extractor, progress=False)
+    labels = [conv_label(c) for c in report.columns]
+    assert labels[0] == "Conv0: seeds judged against themselves"
+    assert labels[1].startswith("Conv1: round-1") and labels[3].startswith("Conv10: round-10")
+    assert conv_label(report.columns[0].model_copy(update={"kind": "file", "name": "mine"})) == "mine"

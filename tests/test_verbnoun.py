@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 
@@ -13,10 +15,12 @@ from evolve.verbnoun import (
     SpacyExtractor,
     clip_question,
     load_spacy,
+    verb_noun_from_doc,
     verb_noun_from_tree,
 )
 
 Tree = pytest.importorskip("nltk").Tree
+SEEDS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mmevol_demo_seeds.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +239,7 @@ def test_benepar_without_parser_or_model_is_a_one_line_error() -> None:
     message = str(caught.value)
     assert "\n" not in message
     if importlib.util.find_spec("benepar") is None:
-        assert "pip install 'evolve[benepar]'" in message
+        assert "pip install 'mmevolve[benepar]'" in message
     else:
         assert "benepar model 'benepar_en3' is not installed" in message
 
@@ -245,3 +249,83 @@ def test_benepar_missing_local_model_path(tmp_path: object) -> None:
         pytest.skip("benepar is not installed (optional extra)")
     with pytest.raises(MissingModelError, match="not found at"):
         BeneparExtractor(str(tmp_path) + "/missing")
+
+
+# --------------------------------------------------------------------------- first sentence, ruler, object names
+
+FIRST_SENTENCES = [
+    ("What is it? Let's think step by step.", "What is it?"),
+    ("Describe the car! Then count it.", "Describe the car!"),
+    ("Describe the car. Then count it.", "Describe the car."),
+    ('Read the sign." Then explain.', 'Read the sign."'),
+    ("How did the U.S. Census Bureau count people? Think.", "How did the U.S. Census Bureau count people?"),
+    ("Ask Mr. Smith about it. Then write.", "Ask Mr. Smith about it."),
+    ("Name a fruit, e.g. An apple.", "Name a fruit, e.g. An apple."),
+    ("Is it 3.5 or 4? a) 3.5 b) 4", "Is it 3.5 or 4? a) 3.5 b) 4"),  # lower-case options: no clear sentence
+    ("Which one? A. red B. blue", "Which one?"),
+    ("No end here", "No end here"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), FIRST_SENTENCES)
+def test_clip_question_cuts_at_the_first_clear_sentence_end(text: str, expected: str) -> None:
+    assert clip_question(text) == expected
+
+
+def test_first_sentence_only_parse_keeps_the_pairs(spacy_extractor: SpacyExtractor) -> None:
+    long = "Describe the car in the picture. Let's think step by step and consider the road."
+    assert spacy_extractor.pairs([long]) == [("describe", "car")]
+    before = len(spacy_extractor._cache)
+    spacy_extractor.pairs(["Describe the car in the picture. Then count the wheels."])
+    assert len(spacy_extractor._cache) == before  # same first sentence: served from the cache
+
+
+def test_deferred_attribute_ruler_gives_the_full_pipe_pairs(spacy_extractor: SpacyExtractor) -> None:
+    """The ruler run on the first sentence after the pipe gives exactly what running it in the pipe gives."""
+    questions = [q for q, _ in SHAPES] + [
+        "What impact might the traffic light have on the people in the image? Let's think step by step.",
+        "Let's see. Which of these objects is gonna fall first, and why?",
+        "Wow, that's thrilling! Can you describe the safe house in detail?",
+        "The diagram shows the solstices. Which letter represents the winter solstice?",
+    ]
+    if SEEDS.is_file():
+        with SEEDS.open(encoding="utf-8") as lines:
+            for _, line in zip(range(40), lines, strict=False):
+                questions += [qa["question"] for qa in json.loads(line)["conversations_v0"]]
+    nlp = spacy_extractor.nlp
+    clipped = [clip_question(q) for q in questions]
+    keep_ruler = [name for name in spacy_extractor._disable if name != "attribute_ruler"]
+    assert "attribute_ruler" in spacy_extractor._disable  # the ruler really is deferred
+    reference = [
+        verb_noun_from_doc(doc, spacy_extractor._lemma, spacy_extractor._lemma.verbs)
+        for doc in nlp.pipe(clipped, disable=keep_ruler)
+    ]
+    assert SpacyExtractor(nlp).pairs(questions) == reference
+
+
+OBJECTS = [
+    ("yellow cat", "cat"),
+    ("traffic lights", "traffic light"),
+    ("hot dogs", "hot dog"),  # COCO multi-word name kept whole: a hot dog is not a dog
+    ("stop sign", "stop sign"),
+    ("potted plant", "potted plant"),
+    ("person with suitcase", "person"),
+    ("a man riding a horse", "man"),
+    ("man's hat", "hat"),
+    ("bottles of water", "bottle"),
+    ("cups and saucers", "cup"),
+    ("leaves", "leaf"),
+    ("building", "building"),
+    ("two dogs", "dog"),
+    ("the sheep", "sheep"),
+    ("wine glasses", "wine glass"),
+    ("red double-decker bus", "double-decker bus"),
+    ("t-shirts", "t-shirt"),
+    ("2", "2"),
+]
+
+
+def test_object_names_reduce_to_the_head_noun(spacy_extractor: SpacyExtractor) -> None:
+    names = [name for name, _ in OBJECTS]
+    assert spacy_extractor.objects(names) == [expected for _, expected in OBJECTS]
+    assert spacy_extractor.objects([]) == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import signal
@@ -54,6 +55,16 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m evolve.fake
     p.add_argument("--batch-polls", type=int, default=d.batch_polls, help="retrieves until a batch completes")
     p.add_argument("--strict-model", action="store_true", help="404 for a model other than --model")
     p.add_argument("--log-max", type=int, default=d.log_max, help="request log entries kept")
+    p.add_argument("--verdict-noise", type=float, default=d.verdict_noise,
+                   help="with a request seed: share of judge verdicts flipped per (question, seed)")  # fmt: skip
+    p.add_argument("--false-claim-ratio", type=float, default=d.false_claim_ratio,
+                   help="share of claims the claim checker answers 'no' (by a stable hash of the claim)")  # fmt: skip
+    p.add_argument("--item-tokens", type=int, default=d.item_tokens,
+                   help="pad each rewritten item's answer to about this many tokens (0: no padding)")  # fmt: skip
+    p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                   help="do not emulate prompt caching (no usage.prompt_tokens_details)")  # fmt: skip
+    p.add_argument("--prefix-cache-blocks", type=int, default=d.prefix_cache_blocks,
+                   help="prefix hashes (one per 128-token boundary) the prompt cache keeps")  # fmt: skip
     p.add_argument("--fault", type=_fault, action="append", default=[], metavar="KIND[:COUNT]",
                    help="queue a fault at start-up (repeatable)")  # fmt: skip
     return p.parse_args(argv)
@@ -61,17 +72,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m evolve.fake
 
 async def serve(args: argparse.Namespace) -> None:
     """Start, write the port file, and wait for a signal."""
-    config = Config(
-        model=args.model,
-        latency=args.latency,
-        reject_ratio=args.reject_ratio,
-        score_min=args.score_min,
-        score_max=args.score_max,
-        text_only=args.text_only,
-        batch_polls=args.batch_polls,
-        strict_model=args.strict_model,
-        log_max=args.log_max,
-    )
+    config = Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
     server = FakeServer(config)
     server.app.faults.extend(args.fault)
     port = await server.start(args.host, args.port, args.backlog)

@@ -14,6 +14,7 @@ from typing import Any
 
 from evolve.fakeserver import content
 from evolve.fakeserver.http import Reply, Request, json_reply
+from evolve.fakeserver.prefixcache import PrefixCache
 
 FAULT_KINDS = (
     "429", "500", "503", "400", "401", "404", "hang", "reset", "malformed", "truncated", "garbage_body",
@@ -30,6 +31,7 @@ ERROR_TYPES = {
     500: ("server_error", None),
     503: ("server_error", None),
 }
+_SETTING_NAMES = tuple(f.name for f in dataclasses.fields(content.Settings))  # Config fields of the same name
 TEXT_ONLY_MESSAGE = "image input is not supported by this model (text-only server, no multimodal projector)"
 
 
@@ -46,6 +48,11 @@ class Config:
     batch_polls: int = 1
     strict_model: bool = False
     log_max: int = 200_000
+    verdict_noise: float = 0.0  # with a request seed: share of verdicts flipped per (question, seed)
+    false_claim_ratio: float = 0.0  # share of claims (by stable hash of their text) the checker denies
+    item_tokens: int = 0  # pad each rewritten item's answer to about this many tokens (0: no padding)
+    prefix_cache: bool = True  # report usage.prompt_tokens_details.cached_tokens like OpenAI
+    prefix_cache_blocks: int = 65_536  # prefix hashes (one per 128-token boundary) the LRU keeps
 
     def update(self, values: dict[str, Any]) -> None:
         """Set known fields from ``values`` (coerced to each field's type); unknown keys raise KeyError."""
@@ -230,23 +237,26 @@ class App:
         self.faults_fired: Counter[str] = Counter()
         self.files: dict[str, FileRecord] = {}
         self.batches: dict[str, BatchRecord] = {}
+        self.prefix = PrefixCache(self.config.prefix_cache_blocks)
+        self.prompt_tokens = 0
 
     def settings(self) -> content.Settings:
         """The answer-shaping part of the config."""
-        c = self.config
-        return content.Settings(reject_ratio=c.reject_ratio, score_min=c.score_min, score_max=c.score_max)
+        return content.Settings(**{name: getattr(self.config, name) for name in _SETTING_NAMES})
 
     def stats(self) -> dict[str, Any]:
         """Request counters."""
         return {
             "http_total": self.http_total,
             "total": self.chat_total,
-            "by_kind": {k: self.by_kind.get(k, 0) for k in ("evolve", "judge", "other")},
+            "by_kind": {k: self.by_kind.get(k, 0) for k in content.KINDS},
             "by_status": dict(sorted(self.by_status.items())),
             "faults_fired": dict(self.faults_fired),
             "faults_pending": sum(f.count for f in self.faults),
             "files": len(self.files),
             "batches": len(self.batches),
+            "prompt_tokens": self.prompt_tokens,
+            "prefix_cache": {"enabled": self.config.prefix_cache, **self.prefix.stats()},
         }
 
     def _new_id(self, prefix: str) -> str:
@@ -352,7 +362,7 @@ class App:
         """Count and log a chat request too broken to read (sha256 and model are then None)."""
         self.log.append(
             {"kind": "other", "status": reply.status, "sha256": None, "model": None, "has_image": False,
-             "n_items": None, "fault": None, "batch": False}
+             "n_items": None, "fault": None, "batch": False, "cached_tokens": None}
         )  # fmt: skip
         self.chat_total += 1
         self.by_kind["other"] += 1
@@ -364,12 +374,13 @@ class App:
     ) -> tuple[int, dict[str, Any], Fault | None]:
         """Run one chat completion: (status, JSON payload incl. ``_request_id``, fault consumed)."""
         messages = body["messages"]
-        info = content.read_messages(messages)
+        caching = self.config.prefix_cache
+        info = content.read_messages(messages, stream=caching)
         model = str(body.get("model") or self.config.model)
         request_id = "req_" + os.urandom(12).hex()
         fault = self._take_fault(info.text, allowed)
-        kind = content.classify(info.text)
         answer: content.Answer | None = None
+        cached: int | None = None
         status = 200
         payload: dict[str, Any]
         if fault is not None and fault.kind in STATUS_FAULTS:
@@ -382,7 +393,7 @@ class App:
             status = 500
             payload = error_body(500, TEXT_ONLY_MESSAGE)
         else:
-            answer = content.answer(info.text, self.settings())
+            answer = content.answer(info.text, self.settings(), _integer(body.get("seed")))
             text = answer.content
             finish = "stop"
             if fault is not None:
@@ -393,9 +404,17 @@ class App:
                     finish = "length"
                 elif fault.kind == "empty":
                     text = ""
-            payload = self._completion(model, text, finish, info)
+            limit = _integer(body.get("max_completion_tokens", body.get("max_tokens")))
+            if limit is not None and limit > 0 and len(text) > 4 * limit:
+                text = text[: 4 * limit]
+                finish = "length"
+            if caching:
+                self.prefix.capacity = self.config.prefix_cache_blocks
+                cached = self.prefix.lookup(model, info.stream)
+            payload = self._completion(model, text, finish, info, cached)
         if fault is not None and fault.kind == "reset":
             status = 0  # the connection is dropped: no HTTP status at all
+        kind = content.classify(info.text) if answer is None else answer.kind
         entry: dict[str, Any] = {
             "kind": kind,
             "status": status,
@@ -405,6 +424,7 @@ class App:
             "n_items": None if answer is None else answer.n_items,
             "fault": None if fault is None else fault.kind,
             "batch": batch,
+            "cached_tokens": cached,
         }
         self.log.append(entry)
         self.chat_total += 1
@@ -413,9 +433,19 @@ class App:
         payload["_request_id"] = request_id
         return status, payload, fault
 
-    def _completion(self, model: str, text: str, finish: str, info: content.PromptInfo) -> dict[str, Any]:
-        prompt_tokens = max(1, math.ceil(info.prompt_chars / 4)) + 85 * info.images
+    def _completion(
+        self, model: str, text: str, finish: str, info: content.PromptInfo, cached: int | None
+    ) -> dict[str, Any]:
+        prompt_tokens = max(1, math.ceil(info.prompt_chars / 4)) + content.IMAGE_TOKENS * info.images
         completion_tokens = math.ceil(len(text) / 4)
+        self.prompt_tokens += prompt_tokens
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        if cached is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": cached, "audio_tokens": 0}
         return {
             "id": "chatcmpl-" + os.urandom(12).hex(),
             "object": "chat.completion",
@@ -430,11 +460,7 @@ class App:
                     "finish_reason": finish,
                 }
             ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "usage": usage,
         }
 
     # files -------------------------------------------------------------------------------------
@@ -584,6 +610,11 @@ class App:
         record = FileRecord(self._new_id("file"), f"{batch.id}_{what}.jsonl", "batch_output", data, int(time.time()))
         self.files[record.id] = record
         return record.id
+
+
+def _integer(value: Any) -> int | None:
+    """An integer request field (``seed``, ``max_tokens``), or None when absent or not an integer."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _line(line_id: str, custom_id: Any, response: Any, error: Any) -> str:
