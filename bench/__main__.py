@@ -20,12 +20,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import rows, rows_dedup, rows_report, rows_scale, rows_stats, setup, workload
+from bench import rows, rows_cache, rows_dedup, rows_report, rows_scale, rows_stats, setup, workload
 from bench.common import REPO, WORKLOAD, evolve_cmd, machine_info, run
 
 RESULTS = REPO / "bench" / "results.json"
 MARKDOWN = REPO / "bench" / "results.md"
-ALL_ROWS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11")
+ALL_ROWS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12")
 
 
 def row_id(label: str) -> str:
@@ -137,7 +137,7 @@ def main() -> int:
     plan: list[tuple[str, Any, tuple[Any, ...]]] = []
     order = [("1", rows.row1), ("2", rows.row2), ("3", rows.row3), ("4", rows.row4), ("5", rows.row5), ("6", rows.row6),
              ("7", rows_scale.row7), ("8", rows_scale.row8), ("9", rows_stats.row9), ("10", rows_dedup.row10),
-             ("11", rows_report.row11)]  # fmt: skip
+             ("11", rows_report.row11), ("12", rows_cache.row12)]  # fmt: skip
     for key, fn in order:
         if key not in wanted:
             continue

@@ -92,7 +92,9 @@ def load_state(folder: RunFolder) -> BatchState:
     try:
         state = BatchState.model_validate_json(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise UsageError(f"{path}: unreadable ({' '.join(str(exc).split())[:120]}); move it away to start over") from exc
+        raise UsageError(
+            f"{path}: unreadable ({' '.join(str(exc).split())[:120]}); move it away to start over"
+        ) from exc
     return state
 
 

@@ -56,9 +56,7 @@ def request_key(identity: dict[str, Any]) -> str:
     return f"{KEY_VERSION}:" + hashlib.sha256(data).hexdigest()
 
 
-def legacy_request_key(
-    model: str, system: str | None, text: str, image_keys: list[str], params: dict[str, Any]
-) -> str:
+def legacy_request_key(model: str, system: str | None, text: str, image_keys: list[str], params: dict[str, Any]) -> str:
     """The key of caches written before v2: `v1:` + SHA-256 of (model, messages, params) only.
 
     The canonical JSON is ``json.dumps`` with sorted keys, compact separators and raw UTF-8.

@@ -243,6 +243,35 @@ def run(
         raise typer.Exit(manifest.exit_code())
 
 
+# ---------------------------------------------------------------------- annotate
+
+
+@app.command()
+@with_settings(*JUDGE_SETTINGS)
+def annotate(
+    seeds: Annotated[list[Path], typer.Argument(help="Seed files or folders to annotate.")],
+    settings: dict[str, Any],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="The annotated seeds (canonical JSONL).")],
+    work: Annotated[
+        Path | None, typer.Option(help="Folder for the cache and progress (default: OUT.work); resumable.")
+    ] = None,
+    config_file: ConfigOpt = None,
+) -> None:
+    """Fill objects, skills and steps of seed items that lack them (one call per sample, with the image),
+    never changing the question or answer; the same command again resumes."""
+    from evolve.pipeline import annotate_seeds
+    from evolve.summary import print_run_summary
+
+    with _errors():
+        config = build_config(settings, config_file)
+        folder = work or out_file.with_name(out_file.name + ".work")
+        messenger = Messenger(config.quiet, [RunFolder(folder).log])
+        manifest, written = annotate_seeds(config, _seed_files(seeds), out_file, folder, messenger)
+        print_run_summary(out, manifest, messenger, quiet=config.quiet)
+        messenger(f"{written:,} seeds written to {out_file}")
+        raise typer.Exit(manifest.exit_code())
+
+
 # ---------------------------------------------------------------------- eliminate
 
 

@@ -58,10 +58,8 @@ def setting_parameter(name: str) -> inspect.Parameter:
     help_text = (field.description or "") + (f" One of: {', '.join(choices)}." if choices else "")
     help_text = escape(help_text + _default_text(name))
     group = next(g for g, names in groups().items() if name in names)
-    if kind is bool:
-        decls = [flag] if name.startswith("no_") else [f"{flag}/--no-{flag[2:]}"]
-    else:
-        decls = [flag]
+    negatable = kind is bool and not name.startswith("no_")
+    decls = [f"{flag}/--no-{flag[2:]}"] if negatable else [flag]
     if name in SHORT:
         decls.append(SHORT[name])
     option = typer.Option(*decls, help=help_text, show_default=False, rich_help_panel=group)
@@ -100,7 +98,21 @@ JUDGE_SETTINGS: tuple[str, ...] = tuple(
     name
     for name in ALL_SETTINGS
     if next(g for g, names in groups().items() if name in names) in ("Endpoint", "Judge")
-    or name in ("prompts", "images", "image_root", "image_size", "format", "cache", "no_cache", "quiet",
-                "items_per_call", "price_in", "price_cached_in", "price_out", "seed")  # fmt: skip
+    or name
+    in (
+        "prompts",
+        "images",
+        "image_root",
+        "image_size",
+        "format",
+        "cache",
+        "no_cache",
+        "quiet",
+        "items_per_call",
+        "price_in",
+        "price_cached_in",
+        "price_out",
+        "seed",
+    )
 )
 """The settings `evolve eliminate` takes."""

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, SecretStr, ValidationError, field_validator, model_validator
 
+from evolve.dedup import DEFAULT_THRESHOLD
 from evolve.endpoint import EndpointFields, EndpointSettings, public_url, setting
 from evolve.errors import UsageError
 from evolve.operators import DEFAULT_WEIGHTS, check_weights, parse_weights
@@ -64,14 +65,13 @@ class RunConfig(EndpointFields):
         False, "Ask again where an earlier invocation got an unreadable answer.", "Evolution"
     )
     # quality stages
-    checks: str = setting(
-        "all", "Rule checks before the judge: all, none, or a comma list of rule names.", "Quality"
-    )
+    checks: str = setting("all", "Rule checks before the judge: all, none, or a comma list of rule names.", "Quality")
     verify: Literal["none", "claims"] = setting(
         "none", "claims: split each kept answer into yes/no claims and check them against the image.", "Quality"
     )
     dedup_threshold: float = setting(
-        0.9, "Drop a rewrite whose question is at least this similar to one of its lineage (0: off).", "Quality",
+        DEFAULT_THRESHOLD, "Drop a rewrite whose question is at least this similar to one of its lineage (0: off).",
+        "Quality",
         ge=0, le=1,
     )  # fmt: skip
     # inputs
@@ -93,12 +93,8 @@ class RunConfig(EndpointFields):
     # run folder and engines
     cache: Path | None = setting(None, "Response cache file (default: RUN/cache.sqlite).", "Run")
     no_cache: bool = setting(False, "Neither read nor write the response cache.", "Run")
-    max_failures: int | None = setting(
-        None, "Stop (exit 3) after this many failed sample-rounds.", "Run", ge=0
-    )
-    allow_endpoint_change: bool = setting(
-        False, "Resume a run folder made against another endpoint.", "Run"
-    )
+    max_failures: int | None = setting(None, "Stop (exit 3) after this many failed sample-rounds.", "Run", ge=0)
+    allow_endpoint_change: bool = setting(False, "Resume a run folder made against another endpoint.", "Run")
     shard: str | None = setting(None, "Only shard K of N (K/N, K from 0).", "Run")
     workers: int = setting(1, "Local worker processes, each a shard, merged at the end.", "Run", ge=1, le=256)
     executor: Literal["local", "ray"] = setting(

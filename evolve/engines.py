@@ -16,7 +16,9 @@ from evolve.pipeline import LocalPool, Message, Pool, Run, make_clients
 from evolve.ui import run_with_progress
 
 
-def run_command(config: RunConfig, seeds: list[Path], out: Path, message: Message, *, cancel: bool = False) -> RunManifest:
+def run_command(
+    config: RunConfig, seeds: list[Path], out: Path, message: Message, *, cancel: bool = False
+) -> RunManifest:
     """Run (or resume, or take one Batch API step of) `evolve run` with the engine the settings choose."""
     if cancel and not config.batch:
         raise UsageError("--cancel goes with --batch (it cancels the pending batches)")

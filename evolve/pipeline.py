@@ -42,7 +42,7 @@ from evolve.manifest import Mode, RunManifest, read_manifest, summarize_rounds, 
 from evolve.operators import shard_of
 from evolve.prompts import PromptSet
 from evolve.records import Drop, Rejected, Sample
-from evolve.runfolder import AppendFiles, RoundState, RunFolder, run_lock, scan_round, write_final
+from evolve.runfolder import AppendFiles, RoundState, RunFolder, iter_json_lines, run_lock, scan_round, write_final
 from evolve.sources import ImageStore, count_records, image_location, read_seed_files
 from evolve.stages import ANNOTATION_STAGES, RoundResult, Stage, StageContext, Work, round_stages, run_round
 
@@ -355,7 +355,8 @@ def check_fingerprint(old: RunManifest | None, new: dict[str, Any], root: Path, 
     for key, value in new.items():
         if key in before and key not in ENDPOINT_KEYS and before[key] != value:
             raise UsageError(
-                f"{root} was run with other settings ({key} differs); resume with the same settings or pick another --out"
+                f"{root} was run with other settings ({key} differs); resume with the same settings or pick "
+                "another --out"
             )
 
 
@@ -366,7 +367,9 @@ class InternalError(EvolveError):
 class Run:
     """One invocation of `evolve run` on one run folder, whatever pool runs the chains."""
 
-    def __init__(self, config: RunConfig, seeds: list[Path], out: Path, message: Message) -> None:
+    def __init__(
+        self, config: RunConfig, seeds: list[Path], out: Path, message: Message, *, last_round: int | None = None
+    ) -> None:
         if not seeds:
             raise UsageError("no seed files given")
         self.config = config
@@ -375,7 +378,8 @@ class Run:
         self.message = message
         self.counters = RunCounters()
         self.first_round = 0 if config.annotate else 1
-        self.last_round = config.rounds
+        self.last_round = config.rounds if last_round is None else last_round
+        """The last round to run (0: only annotate the seeds, `evolve annotate`)."""
         self.stopping = asyncio.Event()
         self.grace = GRACE_SECONDS
         self.lock_wait = 0.0
@@ -558,7 +562,7 @@ def _unwrap(error: BaseException | None) -> EvolveError | None:
 class _QuietFileHandler(logging.FileHandler):
     """A log file that never prints a traceback of its own (a full disk must not flood the screen)."""
 
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+    def handleError(self, record: logging.LogRecord) -> None:
         """Drop the line."""
 
 
@@ -596,7 +600,9 @@ def make_clients(config: RunConfig, cache: ResponseCache | NullCache) -> tuple[C
     return client, ChatClient(judge_settings, cache)
 
 
-async def run_live(config: RunConfig, seeds: list[Path], out: Path, message: Message, run: Run | None = None) -> RunManifest:
+async def run_live(
+    config: RunConfig, seeds: list[Path], out: Path, message: Message, run: Run | None = None
+) -> RunManifest:
     """`evolve run` on this process's event loop, live HTTP."""
     run = run or Run(config, seeds, out, message)
     cache = run.open_cache()
@@ -609,3 +615,30 @@ async def run_live(config: RunConfig, seeds: list[Path], out: Path, message: Mes
 def run_evolution(config: RunConfig, seeds: list[Path], out: Path, message: Message) -> RunManifest:
     """Run `evolve run` to the end (or to a clean stop) and return its manifest."""
     return asyncio.run(run_live(config, seeds, out, message))
+
+
+def annotate_seeds(
+    config: RunConfig, seeds: list[Path], out_file: Path, work: Path, message: Message
+) -> tuple[RunManifest, int]:
+    """`evolve annotate`: round 0 alone (cached and resumable in `work`), then every seed into `out_file`;
+    returns the work folder's manifest and how many seeds were written."""
+    run = Run(config.model_copy(update={"annotate": True}), seeds, work, message, last_round=0)
+    cache = run.open_cache()
+    try:
+        manifest = asyncio.run(run.execute(LocalPool(make_clients(run.config, cache))))
+    finally:
+        cache.close()
+    written = 0
+    if manifest.status in ("done", "done_with_failures"):
+        from evolve.export import ImagePathMapper, open_source
+
+        annotated = run.folder.round_file(0, "annotated")
+        images = ImagePathMapper("relative", out_file.parent, open_source(annotated, config.image_root))
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        with out_file.open("w", encoding="utf-8") as fp:
+            for _, record in iter_json_lines(annotated):
+                sample = Sample.model_validate(record)
+                sample.image = images(sample.image)  # valid from the output's folder
+                fp.write(sample.model_dump_json() + "\n")
+                written += 1
+    return manifest, written

@@ -119,10 +119,9 @@ def chain_of(row: dict[str, Any]) -> Chain:
     elif data["image_kind"] == "url":
         image = data["image"]
     later = {int(n): (Sample.model_validate_json(s) if s is not None else None) for n, s in data["later"].items()}
-    return Chain(
-        Sample.model_validate_json(data["seed"]), image, int(data["start"]), Sample.model_validate_json(data["current"]),
-        list(data["lineage"]), {int(k): int(v) for k, v in data["attempts"].items()}, later,
-    )  # fmt: skip
+    seed, current = Sample.model_validate_json(data["seed"]), Sample.model_validate_json(data["current"])
+    attempts = {int(k): int(v) for k, v in data["attempts"].items()}
+    return Chain(seed, image, int(data["start"]), current, list(data["lineage"]), attempts, later)
 
 
 class _Rows:
@@ -289,7 +288,9 @@ class RayPool:
             compute=ray.data.ActorPoolStrategy(size=actors, max_concurrent_calls_per_actor=TASKS_PER_ACTOR),
             num_cpus=min(1.0, cpus / actors),
         )
-        run.message(f"ray: {len(rows):,} seeds with work left → {actors} actors × {actor_config.concurrency} concurrent")
+        run.message(
+            f"ray: {len(rows):,} seeds with work left → {actors} actors × {actor_config.concurrency} concurrent"
+        )
         return results.iter_batches(batch_size=None, batch_format="pyarrow")
 
     @staticmethod

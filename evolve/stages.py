@@ -234,7 +234,9 @@ async def _images(ctx: StageContext, work: Work, send: bool) -> list[EncodedImag
     return work._images
 
 
-def _request(ctx: StageContext, work: Work, parts: PromptParts, images: list[EncodedImage], **extra: Any) -> ChatRequest:
+def _request(
+    ctx: StageContext, work: Work, parts: PromptParts, images: list[EncodedImage], **extra: Any
+) -> ChatRequest:
     return ChatRequest(
         system=ctx.prompts.system, prefix=parts.fixed, text=parts.sample, images=images, round=work.number,
         attempt=work.attempt, **extra,
@@ -364,7 +366,7 @@ async def evolve_stage(ctx: StageContext, work: Work) -> None:
     pieces = chunks(parent.qa, ctx.config.items_per_call)
     answers = await gather_answers(rewrite(start, items) for start, items in pieces)
     rewritten: list[QAS] = []
-    for (_, items), answer in zip(pieces, answers, strict=True):
+    for answer in answers:
         if isinstance(answer, BaseException):
             work.fail("evolve", answer)
             work.drop("evolve", failure_reason(answer), raw=_raw(answer), count=False)
@@ -374,8 +376,13 @@ async def evolve_stage(ctx: StageContext, work: Work) -> None:
         work.child = None
         return
     work.child = parent.model_copy(
-        update={"id": work.new_id, "qa": rewritten, "round": work.number, "operator": work.operator,
-                "parent_id": parent.id}  # fmt: skip
+        update={
+            "id": work.new_id,
+            "qa": rewritten,
+            "round": work.number,
+            "operator": work.operator,
+            "parent_id": parent.id,
+        }
     )
     work.items["evolved"] = len(rewritten)
     work.record("evolved", work.child)

@@ -43,6 +43,7 @@ def object_name(raw: str) -> str:
 
 
 def score_key(score: float) -> str:
+    """A judge score as the text key of the score histograms ("7", "6.5")."""
     return f"{score:g}"
 
 
@@ -101,6 +102,7 @@ class Column:
         return texts, surface | boxes
 
     def add_verdicts(self, sample: Sample) -> None:
+        """Count the judge's verdicts and scores carried by `sample`'s items."""
         for item in sample.qa:
             if item.improved is not None or item.score is not None:
                 self.verdicts += 1

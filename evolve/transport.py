@@ -216,9 +216,10 @@ def _map_sdk_exception(exc: BaseException, *, has_images: bool, timeout: float |
         return _timeout_error(timeout)
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__
-        refused = isinstance(cause, (aiohttp.ClientConnectorError, ConnectionRefusedError)) or "connect" in str(
-            cause or ""
-        ).lower()
+        refused = (
+            isinstance(cause, (aiohttp.ClientConnectorError, ConnectionRefusedError))
+            or "connect" in str(cause or "").lower()
+        )
         return TransientEndpointError(f"connection to the endpoint failed: {_describe(exc)}", connection=refused)
     if isinstance(exc, openai.APIResponseValidationError):
         return UnreadableAnswer("endpoint sent an answer that is not a chat completion")

@@ -8,6 +8,7 @@ worker gets `--shard K/N` and its share of --concurrency, --rpm and --tpm, and w
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -33,10 +34,8 @@ def shard_config(config: RunConfig, index: int, workers: int) -> RunConfig:
 
 def _watch_parent(pipe: Connection) -> None:
     """Stop this worker (as SIGTERM would) when the parent's end of the pipe closes: the parent is gone."""
-    try:
+    with contextlib.suppress(EOFError, OSError):
         pipe.recv()
-    except (EOFError, OSError):
-        pass
     os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -35,10 +35,10 @@ def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def by_seed(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Records keyed by seed id (each seed at most once per file)."""
-    keyed = {r["seed_id"]: r for r in records}
-    assert len(keyed) == len(records), "a seed appears twice in one round file"
+def by_seed(records: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    """Records keyed by seed id (and stage, for drops: a sample-round drops at most once per stage)."""
+    keyed = {(r["seed_id"], r["stage"]) if "stage" in r else r["seed_id"]: r for r in records}
+    assert len(keyed) == len(records), "a sample-round appears twice in one round file"
     return keyed
 
 
@@ -85,12 +85,17 @@ def pending_ids(out: Path) -> list[str]:
 def test_batch_run_writes_what_the_live_run_writes(
     server: ThreadedServer, tmp_path: Path, images: str, rounds: int
 ) -> None:
-    config = make_config(server, images=images, rounds=rounds)
+    flaws = {"flawed_ratio": 0.2, "echo_ratio": 0.2, "false_claim_ratio": 0.2}  # every stage drops something
+    server.set_config(**flaws)
+    config = make_config(server, images=images, rounds=rounds, verify="claims")
     live_out = tmp_path / "live"
     live = run_evolution(config, [DEMO], live_out, lambda _: None)
     assert live.status == "done"
+    stages = {d["stage"] for n in range(1, rounds + 1) for d in lines(live_out / f"round-{n}" / "dropped.jsonl")}
+    assert {"check", "dedup", "verify"} <= stages, stages
     live_log = server.log()
     server.reset()
+    server.set_config(**flaws)
 
     out = tmp_path / "batch"
     first = step(config, out)
@@ -111,19 +116,21 @@ def test_batch_run_writes_what_the_live_run_writes(
 
     steps = [first, *run_to_end(config, out)]
     assert steps[-1].status == "done" and all(s.status == "waiting" for s in steps[:-1])
-    assert len(steps) == 1 + 2 * rounds  # each round: collect evolution + submit judging, collect judging
+    assert len(steps) == 1 + 4 * rounds  # each round: evolution, judging, claim splitting, claim checking
     for number in range(1, rounds + 1):
         for name in ROUND_FILES:
             ours = by_seed(lines(out / f"round-{number}" / f"{name}.jsonl"))
             theirs = by_seed(lines(live_out / f"round-{number}" / f"{name}.jsonl"))
             assert {k: core(v) for k, v in ours.items()} == {k: core(v) for k, v in theirs.items()}, (number, name)
-    assert sorted(map(json.dumps, lines(out / "final.jsonl"))) == sorted(map(json.dumps, lines(live_out / "final.jsonl")))
+    assert sorted(map(json.dumps, lines(out / "final.jsonl"))) == sorted(
+        map(json.dumps, lines(live_out / "final.jsonl"))
+    )
 
     # The very same requests reached the server, each once, all through the Batch API.
     batch_log = server.log()
     assert sorted(e["sha256"] for e in batch_log) == sorted(e["sha256"] for e in live_log)
     assert all(e["batch"] for e in batch_log) and not any(e["batch"] for e in live_log)
-    assert server.stats()["batches"] == 2 * rounds
+    assert server.stats()["batches"] == 4 * rounds
 
     manifest = steps[-1]
     assert manifest.final_samples == live.final_samples
@@ -170,7 +177,7 @@ def test_failed_lines_become_dropped_records_with_reasons(server: ThreadedServer
     second = step(config, out)
     assert second.batch is not None and second.batch["failed"] == 1 and second.batch["answers"] == SEED_COUNT - 1
     assert second.batch["pending"]["counts"]["total"] == SEED_COUNT - 2  # only the evolved samples are judged
-    dropped = by_seed(lines(out / "round-1" / "dropped.jsonl"))
+    dropped = {seed: d for (seed, _), d in by_seed(lines(out / "round-1" / "dropped.jsonl")).items()}
     assert set(dropped) == {"0_images_demo-001.png", "2_images_demo-003.png"}
     car = dropped["0_images_demo-001.png"]
     assert car["stage"] == "evolve" and car["reason"].startswith("endpoint: ") and "(500)" in car["reason"]
@@ -184,7 +191,7 @@ def test_failed_lines_become_dropped_records_with_reasons(server: ThreadedServer
     third = step(config, out)
     # The failed call is asked again by this invocation (as a live run would), in a batch of its own.
     assert third.status == "waiting" and third.batch is not None and third.batch["pending"]["counts"]["total"] == 1
-    cups = by_seed(lines(out / "round-1" / "dropped.jsonl"))["1_images_demo-002.jpg"]
+    cups = by_seed(lines(out / "round-1" / "dropped.jsonl"))["1_images_demo-002.jpg", "judge"]
     assert cups["stage"] == "judge" and cups["reason"].startswith("unreadable verdicts: ")
     assert cups["sample"]["id"] == "1_images_demo-002.jpg@r1"  # the rewrite is kept for inspection
 

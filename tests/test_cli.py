@@ -157,7 +157,11 @@ def test_a_bad_value_names_its_source(tmp_path: Path) -> None:
 
 
 def test_conflicting_engines_are_refused_with_one_line(tmp_path: Path) -> None:
-    for flags in (["--batch", "--executor", "ray"], ["--workers", "2", "--executor", "ray"], ["--batch", "--workers", "2"]):
+    for flags in (
+        ["--batch", "--executor", "ray"],
+        ["--workers", "2", "--executor", "ray"],
+        ["--batch", "--workers", "2"],
+    ):
         result = CliRunner().invoke(app, ["run", str(SEEDS), *flags, "--out", str(tmp_path / "x")])
         assert result.exit_code == 2 and "cannot be combined" in result.output, flags
         assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "x").exists()

@@ -26,10 +26,10 @@ from evolve.errors import (
     AuthenticationError,
     EndpointError,
     EndpointUnreachable,
-    UnreadableAnswer,
     ImageInputRejected,
     RequestRejected,
     TransientEndpointError,
+    UnreadableAnswer,
     UsageError,
 )
 from evolve.fakeserver import ThreadedServer

@@ -50,8 +50,10 @@ def test_a_full_disk_stops_the_run_with_one_line_and_releases_the_lock(server: T
     mount.mkdir()
     out = mount / "run"
     argv = run_cmd(server, out, "--cache", str(tmp_path / "cache.sqlite"), rounds=3)
-    shell = (f'mount -t tmpfs -o size=96k none "{mount}" && "$0" "$@"; rc=$?; echo "=====" >&2; "$0" "$@"; '
-             'echo "second=$?" >&2; exit $rc')
+    shell = (
+        f'mount -t tmpfs -o size=96k none "{mount}" && "$0" "$@"; rc=$?; echo "=====" >&2; "$0" "$@"; '
+        'echo "second=$?" >&2; exit $rc'
+    )
     started = time.monotonic()
     done = subprocess.run(["unshare", "-rm", "sh", "-c", shell, *argv], cwd=tmp_path, env=clean_env(),
                           capture_output=True, text=True, timeout=120)  # fmt: skip

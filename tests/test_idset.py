@@ -41,3 +41,13 @@ def test_duplicate_ids_renamed_across_merges(tmp_path: Path) -> None:
     assert got[:250] == ids[:250]
     assert got[250:] == ["s3~2", "s3~3", "s249~2", "s3~2~2"]
     assert len(set(got)) == len(got)
+
+
+def test_offset_index_finds_every_line_of_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = [f"seed-{i % 300}" for i in range(900)]  # each key on three lines
+    index = idset.OffsetIndex((key, 10 * n) for n, key in enumerate(keys))
+    assert len(index) == 900
+    assert index.offsets("seed-7") == [70, 3070, 6070] and index.offsets("nope") == []
+    monkeypatch.setattr(idset, "_digest", lambda text: 42)  # every key collides: the caller tells them apart
+    colliding = idset.OffsetIndex([("a", 0), ("b", 5)])
+    assert colliding.offsets("zzz") == [0, 5]

@@ -29,7 +29,9 @@ from tests.test_scaleout import canonical
 
 RAY_PIN = "ray[data]==2.60.0"
 REJECT_RATIO = 0.3
-FLAGS = {"rounds": 2, "seed": 5}
+FLAGS = {"rounds": 2, "seed": 5, "verify": "claims"}
+FLAWS = {"flawed_ratio": 0.2, "echo_ratio": 0.2, "false_claim_ratio": 0.2}
+"""Every stage drops something, so the engines are compared on all of them."""
 NETNS_SHELL = 'ip link set lo up && exec "$0" -c "$1" "$2"'
 INNER = "import json, sys; from tests.test_ray import inside_namespace; inside_namespace(json.loads(sys.argv[1]))"
 
@@ -69,8 +71,8 @@ def ray_temp() -> Iterator[Path]:
 # ---------------------------------------------------------------------------------------- in the namespace
 
 
-def damage(folder: Path) -> int:
-    """Make `folder` look like a job killed in round 2; returns the number of sample-rounds lost (3)."""
+def damage(folder: Path) -> list[str]:
+    """Make `folder` look like a job killed in round 2; returns the seeds whose sample-round was lost (3)."""
     lost = sorted({r["seed_id"] for r in lines(folder / "round-2" / "evolved.jsonl")})[:3]
     gone, half = set(lost[:2]), lost[2]
     for name in ("evolved", "judged", "kept", "dropped", "outcomes"):
@@ -82,7 +84,7 @@ def damage(folder: Path) -> int:
     with (folder / "round-2" / "evolved.jsonl").open("a", encoding="utf-8") as fp:
         fp.write('{"id": "torn')  # a line cut short by the kill
     (folder / "final.jsonl").unlink()
-    return len(lost)
+    return lost
 
 
 def inside_namespace(spec: dict[str, Any]) -> None:
@@ -98,7 +100,7 @@ def inside_namespace(spec: dict[str, Any]) -> None:
     report: dict[str, Any] = {"messages": []}
     out, resumed = Path(spec["out"]), Path(spec["resumed"])
     seeds = sorted(SEEDS.glob("*.jsonl"))
-    with serve_in_thread(Config(reject_ratio=REJECT_RATIO)) as server:
+    with serve_in_thread(Config(reject_ratio=REJECT_RATIO, **FLAWS)) as server:
         ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=spec["ray_temp"])
         try:
             flags = {"base_url": server.base_url, "api_key": "test-key", "model": "fake-vlm", **FLAGS}
@@ -135,8 +137,8 @@ def test_ray_equals_local_and_merged_shards(
     reason = netns_unavailable()
     if reason:
         pytest.skip(reason)
-    server.set_config(reject_ratio=REJECT_RATIO)
-    common = ["--rounds", str(FLAGS["rounds"]), "--seed", str(FLAGS["seed"])]
+    server.set_config(reject_ratio=REJECT_RATIO, **FLAWS)
+    common = ["--rounds", str(FLAGS["rounds"]), "--seed", str(FLAGS["seed"]), "--verify", str(FLAGS["verify"])]
     one = tmp_path / "one"
     assert evolve(server, str(SEEDS), *common, "--out", str(one)).exit_code == 0
     shards = [tmp_path / f"shard{k}" for k in range(3)]
@@ -168,8 +170,9 @@ def test_ray_equals_local_and_merged_shards(
             assert ray_run["rounds"][number][key] == local["rounds"][number][key]
     assert any("2 actors" in m for m in report["messages"])
 
-    # resume after a killed job: only the 3 lost sample-rounds are redone (2 calls each, no cache)
-    assert report["lost"] == 3 and report["resume_requests"] == 2 * 3
+    # resume after a killed job: only the 3 lost sample-rounds are redone (their calls, no cache)
+    calls = {o["seed_id"]: o["answers"].get("calls", 0) for o in lines(one / "round-2" / "outcomes.jsonl")}
+    assert len(report["lost"]) == 3 and report["resume_requests"] == sum(calls[s] for s in report["lost"])
     assert any("3 seeds with work left" in m for m in report["messages"])
     assert canonical(tmp_path / "resumed", 2) == expected
     assert json.loads((tmp_path / "resumed" / "run.json").read_text())["status"] == "done"

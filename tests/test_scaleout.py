@@ -37,9 +37,11 @@ def test_shards_partition_the_seeds() -> None:
 
 
 def test_three_shards_merged_equal_one_run(server: ThreadedServer, tmp_path: Path) -> None:
-    server.set_config(reject_ratio=0.3)
-    common = ["--rounds", "2", "--seed", "5", "--images", "skip"]
+    server.set_config(reject_ratio=0.3, flawed_ratio=0.2, echo_ratio=0.2, false_claim_ratio=0.2)
+    common = ["--rounds", "2", "--seed", "5", "--images", "skip", "--verify", "claims"]
     assert evolve(server, str(SEEDS), *common, "--out", str(tmp_path / "one")).exit_code == 0
+    stages = {d["stage"] for n in (1, 2) for d in lines(tmp_path / "one" / f"round-{n}" / "dropped.jsonl")}
+    assert {"check", "eliminate", "verify", "dedup"} <= stages, stages
     shard_dirs = []
     for k in range(3):
         shard_dir = tmp_path / f"shard{k}"
@@ -75,10 +77,12 @@ def test_merge_refuses_other_settings(server: ThreadedServer, tmp_path: Path) ->
 
 
 def test_workers_equal_one_run(server: ThreadedServer, tmp_path: Path) -> None:
-    common = ["--rounds", "2", "--images", "skip", "--base-url", server.base_url, "--api-key", "k", "--model", "m"]
-    assert (
-        evolve(server, str(SEEDS), "--rounds", "2", "--images", "skip", "--out", str(tmp_path / "one")).exit_code == 0
-    )
+    server.set_config(flawed_ratio=0.2, echo_ratio=0.2, false_claim_ratio=0.2)
+    stages = ["--verify", "claims"]
+    common = ["--rounds", "2", "--images", "skip", "--base-url", server.base_url, "--api-key", "k", "--model", "m",
+              *stages]  # fmt: skip
+    one = evolve(server, str(SEEDS), "--rounds", "2", "--images", "skip", *stages, "--out", str(tmp_path / "one"))
+    assert one.exit_code == 0
     done = subprocess.run(
         [sys.executable, "-m", "evolve", "run", str(SEEDS), *common, "--workers", "2", "--out", str(tmp_path / "w")],
         capture_output=True, text=True, timeout=120,

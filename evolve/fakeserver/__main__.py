@@ -61,6 +61,10 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m evolve.fake
                    help="share of claims the claim checker answers 'no' (by a stable hash of the claim)")  # fmt: skip
     p.add_argument("--item-tokens", type=int, default=d.item_tokens,
                    help="pad each rewritten item's answer to about this many tokens (0: no padding)")  # fmt: skip
+    p.add_argument("--flawed-ratio", type=float, default=d.flawed_ratio,
+                   help="share of rewrites that refer to the original question (breaks a rule check)")  # fmt: skip
+    p.add_argument("--echo-ratio", type=float, default=d.echo_ratio,
+                   help="share of rewrites that nearly repeat the given question (a near duplicate)")  # fmt: skip
     p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
                    help="do not emulate prompt caching (no usage.prompt_tokens_details)")  # fmt: skip
     p.add_argument("--prefix-cache-blocks", type=int, default=d.prefix_cache_blocks,

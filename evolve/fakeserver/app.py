@@ -51,6 +51,8 @@ class Config:
     verdict_noise: float = 0.0  # with a request seed: share of verdicts flipped per (question, seed)
     false_claim_ratio: float = 0.0  # share of claims (by stable hash of their text) the checker denies
     item_tokens: int = 0  # pad each rewritten item's answer to about this many tokens (0: no padding)
+    flawed_ratio: float = 0.0  # share of rewrites that refer to "the original question" (a rule violation)
+    echo_ratio: float = 0.0  # share of rewrites that nearly repeat the given question (a near duplicate)
     prefix_cache: bool = True  # report usage.prompt_tokens_details.cached_tokens like OpenAI
     prefix_cache_blocks: int = 65_536  # prefix hashes (one per 128-token boundary) the LRU keeps
 

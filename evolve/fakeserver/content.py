@@ -150,6 +150,8 @@ class Settings:
     verdict_noise: float = 0.0
     false_claim_ratio: float = 0.0
     item_tokens: int = 0
+    flawed_ratio: float = 0.0
+    echo_ratio: float = 0.0
 
 
 def stable_hash(*parts: object) -> int:
@@ -409,6 +411,19 @@ def rewrite_item(given: Any, seed: str, index: int, item_tokens: int = 0, brief:
     }
 
 
+def flawed(item: dict[str, Any], given: Any, seed: str, index: int, settings: Settings) -> dict[str, Any]:
+    """A rewrite made worse on purpose, for tests of the stages after evolve: with `echo_ratio` it nearly
+    repeats the given question (a near duplicate); with `flawed_ratio` it refers to "the original question"
+    (a rule violation). Chosen by a stable hash of (seed, index)."""
+    draw = stable_fraction("flawed", seed, index)
+    old_q = _text_of(given, "question").strip()
+    if old_q and draw < settings.echo_ratio:
+        return {**item, "question": f"{old_q} Explain."}
+    if draw < settings.echo_ratio + settings.flawed_ratio:
+        return {**item, "question": item["question"] + " Answer it as the original question asked."}
+    return item
+
+
 def padded(text: str, chars: int, a: str, b: str) -> str:
     """``text`` lengthened with filler sentences about objects a and b to exactly ``chars`` characters
     (unchanged when it is already that long)."""
@@ -529,7 +544,8 @@ def answer(text: str, settings: Settings, seed: int | None = None) -> Answer:
     elif kind == "evolve":
         digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
         brief = read_brief(text)
-        out = [rewrite_item(it, digest, i, settings.item_tokens, brief) for i, it in enumerate(items)]
+        out = [flawed(rewrite_item(it, digest, i, settings.item_tokens, brief), it, digest, i, settings)
+               for i, it in enumerate(items)]  # fmt: skip
     elif kind == "annotate":
         out = [annotate_item(it, i) for i, it in enumerate(items)]
     elif kind == "claims_split":

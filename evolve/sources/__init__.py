@@ -7,7 +7,7 @@ images with a CSV or JSONL manifest, all read through `read_seed_files` as Loade
     imagestore.py  images that arrive as bytes, written once by content
 """
 
-from evolve.sources.columns import COLUMNS_HELP, ColumnMap
+from evolve.sources.columns import ColumnMap
 from evolve.sources.imagestore import ImageStore
 from evolve.sources.reader import (
     count_records,
@@ -19,7 +19,6 @@ from evolve.sources.reader import (
 )
 
 __all__ = [
-    "COLUMNS_HELP",
     "ColumnMap",
     "ImageStore",
     "count_records",

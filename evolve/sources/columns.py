@@ -32,10 +32,6 @@ DEFAULT_NAMES: dict[str, tuple[str, ...]] = {
     "caption": ("caption",),
 }
 """Column names tried, in order, for each part a `--columns` mapping does not name."""
-COLUMNS_HELP = (
-    "Column mapping for tables (parquet, arrow, CSV, manifests): part=column,... with parts "
-    f"{', '.join(PARTS)}; e.g. image=img,question=q,answer=a (default: the usual names)."
-)
 
 
 @dataclass(frozen=True)
