@@ -126,20 +126,36 @@ def estimate_cost(usage: TokenUsage, prices: Prices | None) -> float | None:
     return live + BATCH_DISCOUNT * batch
 
 
-IMAGE_TOKENS: dict[str, tuple[int, int]] = {
+IMAGE_TILE_TOKENS: dict[str, tuple[int, int]] = {
     # model family: (base tokens, tokens per 512-px tile at high detail), OpenAI's published image costs
     "gpt-4o-mini": (2833, 5667),
     "gpt-4o": (85, 170),
-    "gpt-4.1": (85, 170),
 }
+IMAGE_PATCH_TOKENS: dict[str, float] = {
+    # model family: tokens per 32-px patch (at most 1,536 patches), OpenAI's published image costs
+    "gpt-4.1-nano": 2.46,
+    "gpt-4.1-mini": 1.62,
+    "gpt-4.1": 1.0,
+}
+MAX_PATCHES = 1536
 
 
 def image_tokens(model: str, width: int, height: int, detail: str) -> int:
-    """Prompt tokens one image costs on OpenAI (low: the base; high: base + tiles of 512 px after scaling to fit
-    2048 px and a shortest side of at most 768 px; auto: low when it fits in 512 × 512, else high). Other models
-    are estimated as the gpt-4o family."""
-    family = next((name for name in IMAGE_TOKENS if model.startswith(name)), "gpt-4o")
-    base, per_tile = IMAGE_TOKENS[family]
+    """Prompt tokens one image costs on OpenAI.
+
+    gpt-4o family (others are estimated like it): low is the base; high is base + tiles of 512 px after scaling
+    the image to fit 2048 px and a shortest side of at most 768 px; auto is low when the image fits in 512 ×
+    512, else high. gpt-4.1 family: 32-px patches (at most 1,536) times the model's multiplier, whatever the
+    detail."""
+    patch = next((rate for name, rate in IMAGE_PATCH_TOKENS.items() if model.startswith(name)), None)
+    if patch is not None:
+        patches = -(-width // 32) * -(-height // 32)
+        if patches > MAX_PATCHES:
+            scale = (MAX_PATCHES / patches) ** 0.5
+            patches = -(-int(width * scale) // 32) * -(-int(height * scale) // 32)
+        return round(min(patches, MAX_PATCHES) * patch)
+    family = next((name for name in IMAGE_TILE_TOKENS if model.startswith(name)), "gpt-4o")
+    base, per_tile = IMAGE_TILE_TOKENS[family]
     if detail == "auto":
         detail = "low" if max(width, height) <= 512 else "high"
     if detail == "low" or width <= 0 or height <= 0:

@@ -9,6 +9,7 @@ native records) for `evolve check`.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
@@ -82,7 +83,7 @@ _NOT_WORD = re.compile(r"[\W_]+")
 
 def _normalized(text: str) -> str:
     """Case, spacing and punctuation folded away, for comparing questions."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
+    folded = (text if text.isascii() else unicodedata.normalize("NFKC", text)).casefold()
     return " ".join(_NOT_WORD.sub(" ", folded).split())
 
 
@@ -147,6 +148,8 @@ def coordinate_quadruples(text: str) -> list[tuple[str, ...]]:
     lists such as [1, 2, 3, 4] are not taken for boxes.
     """
     found: list[tuple[str, ...]] = []
+    if "," not in text or ("[" not in text and "(" not in text):  # most texts quote no coordinates
+        return found
     for match in _QUADRUPLE.finditer(text):
         numbers = match.groups()
         values = [float(n) for n in numbers]
@@ -275,7 +278,13 @@ def named_letters(answer: str) -> set[str]:
 
 def _choice_format(item: QAS) -> bool:
     """The item's format says multiple choice (multi_choice, multi-choice, Multiple Choice …)."""
-    return _normalized(item.format).replace(" ", "") in _CHOICE_FORMATS
+    return _is_choice_format(item.format)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_choice_format(name: str) -> bool:
+    """A format name that means multiple choice (formats repeat: each name is looked at once)."""
+    return _normalized(name).replace(" ", "") in _CHOICE_FORMATS
 
 
 @_rule("choice_named", "a multiple-choice answer names one of its options")

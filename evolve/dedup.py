@@ -25,6 +25,7 @@ similar (then the earliest) earlier question that is itself no repeat.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -48,7 +49,20 @@ _APOSTROPHES = str.maketrans("", "", "'’ʼ`")
 
 def question_words(text: str) -> list[str]:
     """The words of a question after normalisation (NFKC, case folded, apostrophes dropped, punctuation splits)."""
-    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold().translate(_APOSTROPHES))
+    return list(_words(text))
+
+
+def _words(text: str) -> tuple[str, ...]:
+    folded = (text if text.isascii() else unicodedata.normalize("NFKC", text)).casefold()
+    return tuple(_WORD.findall(folded.translate(_APOSTROPHES)))
+
+
+@functools.lru_cache(maxsize=1 << 15)
+def normalised(text: str) -> tuple[str, frozenset[str]]:
+    """(the normalised text, its shingles) of a question, remembered: a round compares its rewrites with
+    questions that earlier rounds (or the same sample's references) already normalised."""
+    words = _words(text)
+    return " ".join(words), frozenset(shingles(words))
 
 
 def shingles(words: Sequence[str]) -> set[str]:
@@ -58,7 +72,7 @@ def shingles(words: Sequence[str]) -> set[str]:
     return found
 
 
-def jaccard(a: set[str], b: set[str]) -> float:
+def jaccard(a: set[str] | frozenset[str], b: set[str] | frozenset[str]) -> float:
     """|a ∩ b| / |a ∪ b|; two empty sets are equal (1.0)."""
     if not a and not b:
         return 1.0
@@ -133,25 +147,83 @@ def find_twins(
     no repeat. Pure and deterministic.
     """
     check_threshold(threshold)
-    earlier: list[tuple[Literal["reference", "sibling"], int, str, set[str], bool]] = []
-    for index, text in enumerate(references):
-        words = question_words(text)
-        earlier.append(("reference", index, " ".join(words), shingles(words), False))
+    earlier: list[tuple[Literal["reference", "sibling"], int, frozenset[str], bool]] = []
+    first: dict[str, tuple[Literal["reference", "sibling"], int]] = {}  # normalised text -> its first occurrence
+    forms = [normalised(text) for text in (*references, *questions)]
+    sets = [shingle_set for _, shingle_set in forms]
+    index = _PrefixIndex(threshold, sets)
+    for position, (norm, shingle_set) in enumerate(forms[: len(references)]):
+        first.setdefault(norm, ("reference", position))
+        earlier.append(("reference", position, shingle_set, False))
+        index.add(shingle_set)
     found: list[Twin | None] = []
-    for index, text in enumerate(questions):
-        words = question_words(text)
-        norm, own = " ".join(words), shingles(words)
+    for position in range(len(questions)):
+        norm, own = forms[len(references) + position]
         best: Twin | None = None
-        for source, other, other_norm, other_shingles, repeat in earlier:
-            if norm == other_norm:
-                best = Twin(source, other, 1.0, True)
-                break
-            score = 0.0 if repeat else jaccard(own, other_shingles)
-            if score >= threshold and (best is None or score > best.similarity):
-                best = Twin(source, other, score, False)
-        earlier.append(("sibling", index, norm, own, best is not None))
+        if norm in first:
+            best = Twin(*first[norm], 1.0, True)
+        else:
+            size = len(own)
+            for candidate in index.candidates(own, len(earlier)):
+                source, other, other_shingles, repeat = earlier[candidate]
+                # Jaccard is at most min/max of the sizes: most pairs are ruled out without a set operation
+                other_size = len(other_shingles)
+                if repeat or min(size, other_size) < threshold * max(size, other_size):
+                    continue
+                score = jaccard(own, other_shingles)
+                if score >= threshold and (best is None or score > best.similarity):
+                    best = Twin(source, other, score, False)
+            first.setdefault(norm, ("sibling", position))
+        earlier.append(("sibling", position, own, best is not None))
+        index.add(own)
         found.append(best)
     return found
+
+
+class _PrefixIndex:
+    """Prefix filtering for the Jaccard threshold: two shingle sets at or above `t` share one of the first
+    |A| - ceil(t·|A|) + 1 shingles of each under any fixed order, so only the sets indexed under a question's
+    prefix need a comparison. The order puts rare shingles first (the prefixes then rarely collide); small
+    inputs are compared with everything (cheaper)."""
+
+    BRUTE = 48
+
+    def __init__(self, threshold: float, universe: Sequence[frozenset[str]]) -> None:
+        self.threshold = threshold
+        self.sets: list[frozenset[str]] = []
+        self.postings: dict[str, list[int]] | None = None
+        self.rank: dict[str, tuple[int, str]] = {}
+        if len(universe) > self.BRUTE:
+            counts: dict[str, int] = {}
+            for shingle_set in universe:
+                for token in shingle_set:
+                    counts[token] = counts.get(token, 0) + 1
+            self.rank = {token: (count, token) for token, count in counts.items()}
+
+    def _prefix(self, shingle_set: frozenset[str]) -> list[str]:
+        size = len(shingle_set)
+        keep = size - math.ceil(self.threshold * size - 1e-9) + 1
+        return sorted(shingle_set, key=self.rank.__getitem__)[: max(keep, 1)]
+
+    def add(self, shingle_set: frozenset[str]) -> None:
+        self.sets.append(shingle_set)
+        if self.postings is None and self.rank and len(self.sets) > self.BRUTE:
+            self.postings = {}
+            for position, earlier in enumerate(self.sets):
+                for token in self._prefix(earlier):
+                    self.postings.setdefault(token, []).append(position)
+        elif self.postings is not None:
+            for token in self._prefix(shingle_set):
+                self.postings.setdefault(token, []).append(len(self.sets) - 1)
+
+    def candidates(self, shingle_set: frozenset[str], count: int) -> list[int]:
+        """Positions of the earlier sets that may reach the threshold with `shingle_set`, in order."""
+        if self.postings is None:
+            return list(range(count))
+        found = {p for token in self._prefix(shingle_set) for p in self.postings.get(token, ())}
+        if not shingle_set:
+            found.update(p for p, earlier in enumerate(self.sets) if not earlier)
+        return sorted(found)
 
 
 def dedup_sample(

@@ -437,7 +437,7 @@ class _Reading:
         self.columns = [Column(i, _reservoir(sample, seed, spec.name)) for i, spec in enumerate(inputs)]
         self.parses = ParseCache(self.columns)
         self.objects = ObjectTally(park_limit)
-        self.everything = CompactIdSet()
+        self.everything = CompactIdSet() if len(inputs) > 1 else None  # one column: its own count is the union
         self.distinct = 0
         self.bar = bar
 
@@ -448,7 +448,8 @@ class _Reading:
             task = progress.add_task(f"reading {spec.name}", total=None)
             for record in _stream(spec.paths, col):
                 texts, surface = col.add_items(record)
-                self.distinct += sum(self.everything.add_new(item.question) for item in record.qa)
+                if self.everything is not None:
+                    self.distinct += sum(self.everything.add_new(item.question) for item in record.qa)
                 if not spec.judged:
                     col.add_verdicts(record)
                 progress.advance(task)
@@ -469,6 +470,13 @@ class _Reading:
         for last in (self.objects.flush(), self.parses.flush()):
             if last is not None:
                 yield last
+
+    @property
+    def distinct_questions(self) -> int:
+        """Distinct question texts over all columns."""
+        if self.everything is None:
+            return sum(col.distinct_questions for col in self.columns)
+        return self.distinct
 
     def take(self, chunk: Chunk, results: Sequence[Any]) -> None:
         """Record the engine's answer to a chunk."""
@@ -508,7 +516,7 @@ def compute_stats(
         parser=engine.name,
         sample=sample,
         sample_seed=sample_seed if sample is not None else None,
-        distinct_questions=reading.distinct,
+        distinct_questions=reading.distinct_questions,
         parsed_texts=reading.parses.parsed,
         engine=engine.label,
         workers=engine.workers,

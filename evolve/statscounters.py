@@ -22,8 +22,8 @@ from evolve.sampling import Reservoir
 from evolve.statspool import TaskKind
 from evolve.verbnoun import VerbNoun, clip_question
 
-CHUNK = 512
-"""Texts per parser task: small enough to keep two workers evenly busy, large enough for spaCy's batching."""
+CHUNK = 256
+"""Texts per parser task: small enough to keep two workers evenly busy to the end, two of spaCy's batches."""
 
 
 def object_name(raw: str) -> str:

@@ -8,10 +8,10 @@ there are. A chunk marked ``drain`` is answered, with every chunk before it, bef
 next one (the driver asks for that when too many samples wait for their object names).
 
 - :class:`InProcess` (``--workers 1``): the extractor of this process.
-- :class:`ProcessPool` (``--workers N``): N spawned processes, each loading the parser once, started (and
-  loading) as soon as the engine is made, while the driver reads. At most two chunks per worker are in
-  flight, so memory stays bounded while the driver reads on; finished chunks are returned as soon as they
-  are at the front of the queue.
+- :class:`ProcessPool` (``--workers N``): N worker processes (forked from a single-threaded driver, else
+  spawned), each loading the parser once, started (and loading) as soon as the engine is made, while the
+  driver reads. At most two chunks per worker are in flight, so memory stays bounded while the driver reads
+  on; finished chunks are returned as soon as they are at the front of the queue.
 - :class:`RayPool` (``--executor ray``): Ray Data ``map_batches`` over an actor pool, each actor holding a
   parser. A Ray Dataset is built from a wave of chunks (``WAVE_PER_ACTOR`` per actor, or fewer up to a
   drain), so the driver holds a bounded number of texts; each wave starts its actors afresh (a parser loads
@@ -24,11 +24,12 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.pool import AsyncResult
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -141,20 +142,27 @@ def _work_in_worker(spec: ParserSpec, kind: TaskKind, texts: Sequence[str]) -> t
     return results, time.perf_counter() - started
 
 
+def _start_method() -> str:
+    """fork when this process runs no other thread (the CLI): no second interpreter start-up and imports per
+    worker; else spawn, which is safe next to threads (a library, a test runner)."""
+    return "fork" if threading.active_count() == 1 and "fork" in get_all_start_methods() else "spawn"
+
+
 class ProcessPool:
     """`workers` spawned processes, each with its own parser; bounded chunks in flight, results in order."""
 
     label = "processes"
     park_limit = 5000
 
-    def __init__(self, spec: ParserSpec, workers: int) -> None:
+    def __init__(self, spec: ParserSpec, workers: int, start_method: str | None = None) -> None:
         if workers < 1:
             raise UsageError("--workers: use 1 or more")
         self.spec = spec
         self.name: str = spec.parser
         self.workers = workers
         self.busy_seconds = 0.0
-        self._pool = get_context("spawn").Pool(workers, initializer=_ignore_interrupts)
+        self.start_method = start_method or _start_method()
+        self._pool = get_context(self.start_method).Pool(workers, initializer=_ignore_interrupts)
         # every worker starts loading its parser now, while the driver reads the first records
         self._warm = [self._pool.apply_async(_work_in_worker, (spec, "pairs", [])) for _ in range(workers)]
         self._outstanding = workers

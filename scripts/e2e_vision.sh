@@ -105,9 +105,16 @@ EOF
 }
 if ! has llama_cpp_python "$LLAMA_VERSION" llama_cpp.server.app llama_cpp.mtmd_cpp uvicorn sse_starlette \
         starlette_context pydantic_settings; then
-    echo "installing llama-cpp-python (compiles llama.cpp, 7-25 minutes)..."
-    "$VENV/bin/pip" install --quiet "llama-cpp-python[server]==$LLAMA_VERSION" "gguf==$GGUF_VERSION"
-    printf '%s s (%s, measured by this script)\n' "$(since "$t")" "$(date -u +%F)" >"$WORK/build_first.txt"
+    echo "installing llama-cpp-python (compiles llama.cpp, 7-25 minutes; log: ${WORK#"$ROOT"/}/build.log)..."
+    if ! "$VENV/bin/pip" install "llama-cpp-python[server]==$LLAMA_VERSION" "gguf==$GGUF_VERSION" \
+            >"$WORK/build.log" 2>&1; then
+        tail -n 40 "$WORK/build.log" >&2
+        die "pip install failed"
+    fi
+    how="the wheel came from pip's cache"
+    grep -q "Building wheel for llama-cpp-python" "$WORK/build.log" && how="llama.cpp compiled"
+    printf '%s s (%s, %s, measured by this script)\n' "$(since "$t")" "$how" "$(date -u +%F)" \
+        >"$WORK/build_first.txt"
 elif ! has gguf "$GGUF_VERSION" gguf numpy; then
     "$VENV/bin/pip" install --quiet "gguf==$GGUF_VERSION"
 else
@@ -130,16 +137,19 @@ say "model files in .e2e/vision (projector seed $PROJECTOR_SEED)"
 t=$(date +%s.%N)
 MAKER="scripts/e2e_vision_model.py"
 stamp="$(sha256sum "$MAKER" "$GGUF" | sha256sum | cut -c1-16)"
-if [[ -s "$TEXT_MODEL" && "$(cat "$TEXT_MODEL.stamp" 2>/dev/null)" == "$stamp" ]]; then
+if [[ -s "$TEXT_MODEL" && -s "$TEXT_MODEL.json" && "$(cat "$TEXT_MODEL.stamp" 2>/dev/null)" == "$stamp" ]]; then
     echo "${TEXT_MODEL#"$ROOT"/}: cached"
 else
     "$VENV/bin/python" "$MAKER" text-model --text-model "$GGUF" --out "$TEXT_MODEL"
     echo "$stamp" >"$TEXT_MODEL.stamp"
 fi
-"$VENV/bin/python" "$MAKER" projector --text-model "$GGUF" --seed "$PROJECTOR_SEED" --out "$WORK/mmproj-again.gguf"
-"$VENV/bin/python" "$MAKER" projector --text-model "$GGUF" --seed "$PROJECTOR_SEED" --out "$MMPROJ"
+WIDTH=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["embedding_length"])' "$TEXT_MODEL.json")
+for out in "$WORK/mmproj-again.gguf" "$MMPROJ"; do
+    "$VENV/bin/python" "$MAKER" projector --width "$WIDTH" --seed "$PROJECTOR_SEED" --out "$out"
+done
 if cmp -s "$MMPROJ" "$WORK/mmproj-again.gguf"; then
-    NOTES+=("projector_deterministic=yes, sha256 $(sha256sum "$MMPROJ" | cut -c1-16)...")
+    NOTES+=("projector_deterministic=yes, sha256 $(sha256sum "$MMPROJ" | cut -c1-16)..., $(
+        "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["seconds"])' "$MMPROJ.json") s to generate")
 else
     die "two projectors generated with seed $PROJECTOR_SEED differ"
 fi

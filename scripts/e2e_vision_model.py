@@ -4,8 +4,11 @@ SmolLM2's gguf that llama.cpp's mtmd can pair with it.
 Runs in .e2e's venv (needs `gguf` and numpy, not evolve). Both outputs are deterministic: the projector's weights
 come from a seeded generator, and neither file holds a timestamp, so the same seed gives the same bytes.
 
-    e2e_vision_model.py projector --text-model SMOLLM2.gguf --out mmproj.gguf [--seed 0]
     e2e_vision_model.py text-model --text-model SMOLLM2.gguf --out smollm2-vision.gguf
+    e2e_vision_model.py projector --width 576 --out mmproj.gguf [--seed 0]
+
+Each also writes OUT.json: the text model's embedding width (the projector's --width) and renamed tokens, or the
+projector's seed, digest and image tokens per tile.
 
 The projector is a one-block ViT over 512 px tiles of 16 px patches whose pixel-shuffle (scale 4) and linear
 projection give 64 embeddings per tile, each as wide as the text model's token embeddings. Its weights are noise:
@@ -61,13 +64,6 @@ CHAT_TEMPLATE = (
 parts holding its media marker)."""
 
 
-def text_embedding_width(text_model: Path) -> int:
-    """The text model's embedding width: the projector's output must match it."""
-    reader = gguf.GGUFReader(text_model)
-    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
-    return int(reader.fields[f"{arch}.embedding_length"].contents())
-
-
 def tensor_name(kind: gguf.MODEL_TENSOR, suffix: str, block: int | None = None) -> str:
     """gguf's own spelling of a projector tensor's name (`v.blk.0.attn_q.weight` ...)."""
     base = gguf.TENSOR_NAMES[kind]
@@ -113,9 +109,8 @@ def projector_tensors(seed: int, out_width: int) -> dict[str, np.ndarray[Any, np
     return tensors
 
 
-def write_projector(text_model: Path, out: Path, seed: int) -> None:
-    """Write the idefics3 mmproj gguf (metadata keys as llama.cpp's clip loader reads them)."""
-    width = text_embedding_width(text_model)
+def write_projector(out: Path, seed: int, width: int) -> dict[str, Any]:
+    """Write the idefics3 mmproj gguf (metadata keys as llama.cpp's clip loader reads them), `width` wide."""
     writer = gguf.GGUFWriter(out, arch="clip")
     writer.add_type(gguf.GGUFType.MMPROJ)
     writer.add_name(f"random SmolVLM-style projector, seed {seed}")
@@ -141,6 +136,8 @@ def write_projector(text_model: Path, out: Path, seed: int) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return {"seed": seed, "width": width, "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE,
+            "scale_factor": SCALE_FACTOR, "tokens_per_tile": TOKENS_PER_TILE}  # fmt: skip
 
 
 def spare_control_tokens(reader: gguf.GGUFReader, count: int) -> list[int]:
@@ -158,15 +155,15 @@ def spare_control_tokens(reader: gguf.GGUFReader, count: int) -> list[int]:
     return spare[-count:]
 
 
-def write_text_model(text_model: Path, out: Path) -> None:
+def write_text_model(text_model: Path, out: Path) -> dict[str, Any]:
     """Copy the text gguf with a parts-aware chat template and two spare control tokens renamed to mtmd's
-    image markers; tensors are copied byte for byte."""
+    image markers; tensors are copied byte for byte. Returns the embedding width and the renamed tokens."""
     reader = gguf.GGUFReader(text_model)
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
     tokens = list(reader.fields[gguf.Keys.Tokenizer.LIST].contents())
-    renamed = spare_control_tokens(reader, len(IMAGE_MARKERS))
-    for token_id, marker in zip(renamed, IMAGE_MARKERS, strict=True):
-        print(f"token {token_id}: {tokens[token_id]} -> {marker}")
+    renamed: dict[str, str] = {}
+    for token_id, marker in zip(spare_control_tokens(reader, len(IMAGE_MARKERS)), IMAGE_MARKERS, strict=True):
+        renamed[f"{token_id} {tokens[token_id]}"] = marker
         tokens[token_id] = marker
     writer = gguf.GGUFWriter(out, arch=arch)
     for field in reader.fields.values():
@@ -190,6 +187,7 @@ def write_text_model(text_model: Path, out: Path) -> None:
     for tensor in reader.tensors:
         writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
     writer.close()
+    return {"embedding_length": int(reader.fields[f"{arch}.embedding_length"].contents()), "renamed_tokens": renamed}
 
 
 def sha256(path: Path) -> str:
@@ -202,35 +200,29 @@ def sha256(path: Path) -> str:
 
 
 def main() -> int:
-    """Write one of the two files, atomically, and print its size, digest and time."""
+    """Write one of the two files and its OUT.json, atomically; print what was written."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["projector", "text-model"])
-    parser.add_argument("--text-model", type=Path, required=True, help="SmolLM2-135M-Instruct gguf")
+    parser.add_argument("what", choices=["text-model", "projector"])
+    parser.add_argument("--text-model", type=Path, help="text-model: SmolLM2-135M-Instruct's gguf")
+    parser.add_argument("--width", type=int, help="projector: the text model's embedding width")
+    parser.add_argument("--seed", type=int, default=0, help="projector: seed of its weights")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the projector's weights")
     args = parser.parse_args()
     started = time.perf_counter()
     partial = args.out.with_name(args.out.name + ".partial")
     if args.what == "projector":
-        write_projector(args.text_model, partial, args.seed)
+        if not args.width:
+            parser.error("projector needs --width")
+        info = write_projector(partial, args.seed, args.width)
     else:
-        write_text_model(args.text_model, partial)
+        if not args.text_model:
+            parser.error("text-model needs --text-model")
+        info = write_text_model(args.text_model, partial)
     partial.replace(args.out)
-    seconds = time.perf_counter() - started
-    digest = sha256(args.out)
-    print(f"{args.out.name}: {args.out.stat().st_size:,} bytes, sha256 {digest}, {seconds:.2f} s")
-    if args.what == "projector":
-        info = {
-            "seed": args.seed,
-            "sha256": digest,
-            "seconds": round(seconds, 2),
-            "image_size": IMAGE_SIZE,
-            "patch_size": PATCH_SIZE,
-            "scale_factor": SCALE_FACTOR,
-            "tokens_per_tile": TOKENS_PER_TILE,
-        }
-        args.out.with_name(args.out.name + ".json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-        print(f"image tokens per {IMAGE_SIZE} px tile: {TOKENS_PER_TILE}")
+    info["seconds"] = round(time.perf_counter() - started, 2)
+    info["sha256"] = sha256(args.out)
+    args.out.with_name(args.out.name + ".json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    print(f"{args.out.name}: {args.out.stat().st_size:,} bytes, {json.dumps(info)}")
     return 0
 
 

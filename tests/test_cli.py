@@ -131,6 +131,10 @@ def test_batch_mode_across_cron_invocations(server: ThreadedServer, tmp_path: Pa
 
 
 def test_every_setting_is_a_flag_a_variable_and_a_line_of_the_file(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
     from evolve.config import RunConfig
 
     config = tmp_path / "evolve.toml"
@@ -138,7 +142,8 @@ def test_every_setting_is_a_flag_a_variable_and_a_line_of_the_file(tmp_path: Pat
     merged = build_config({}, config, {"EVOLVE_JUDGE_VOTES": "3", "EVOLVE_ITEMS_PER_CALL": "4"})
     assert (merged.workers, merged.ray_address, merged.judge_temperature) == (2, "auto", 0.5)
     assert (merged.judge_votes, merged.items_per_call) == (3, 4)
-    help_text = CliRunner().invoke(app, ["run", "--help"], terminal_width=200).output
+    help_text = subprocess.run([sys.executable, "-m", "evolve", "run", "--help"], capture_output=True, text=True,
+                               env={**os.environ, "COLUMNS": "250"}, timeout=60).stdout  # fmt: skip
     for name in RunConfig.model_fields:
         assert "--" + name.replace("_", "-") in help_text, name
 

@@ -123,7 +123,8 @@ def test_ray_executor_gives_the_numbers_of_one_process(real_lines: Path, tmp_pat
     assert local["columns"][0]["qa_items"] > 300
 
 
-def test_pool_gives_in_process_numbers_with_parked_samples_and_sampling(tmp_path: Path) -> None:
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_pool_gives_in_process_numbers_with_parked_samples_and_sampling(tmp_path: Path, start_method: str) -> None:
     """Samples park until their names come back (and force drains past the limit); sampled or not, a pool of
     two workers gives the numbers of this process."""
     names = ["traffic lights", "traffic light", "yellow cat", "cats", "cat", "hot dogs", "person with suitcase"]
@@ -139,7 +140,7 @@ def test_pool_gives_in_process_numbers_with_parked_samples_and_sampling(tmp_path
     inputs = resolve_inputs([path])
     local = InProcess(ParserSpec().build())
     local.park_limit = 3
-    pool = ProcessPool(ParserSpec(), 2)
+    pool = ProcessPool(ParserSpec(), 2, start_method)
     pool.park_limit = 3
     try:
         parallel = compute_stats(inputs, pool, progress=False)
