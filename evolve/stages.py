@@ -18,6 +18,7 @@ its outcome line last.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -169,14 +170,16 @@ class RoundResult:
         return cls(seed_id, number, lines, outcome, None, TokenUsage.from_dict(outcome.usage))
 
 
+_COUNTS = re.compile(r"^\d+ of \d+ ")
+
+
 def reason_class(reason: str) -> str:
-    """The kind of a drop reason without its particulars (for counting)."""
+    """The kind of a drop reason without its particulars (for counting): "rewrites rejected: not improved",
+    "endpoint: endpoint error (500)", "rewrites failed rule checks: choice_named" ..."""
     head = reason.split(":", 2)
     if reason.startswith(("endpoint", "unreadable", "image", "refused")) and len(head) > 1:
         return f"{head[0]}: {head[1].strip()[:60]}"
-    if "rejected" in reason or "failed" in reason:
-        return reason.split(":", 1)[-1].strip()[:80] if ":" in reason else reason[:80]
-    return reason[:80]
+    return _COUNTS.sub("", reason).split(", e.g.")[0][:80]
 
 
 def _unreadable_body(exc: BaseException) -> bool:
@@ -337,7 +340,8 @@ async def evolve_stage(ctx: StageContext, work: Work) -> None:
             if result.finish_reason != "length":
                 raise
             got = []
-        got = [item.model_copy(update={"source": start + i}) for i, item in enumerate(got)]
+        for i, item in enumerate(got):  # fresh objects of this answer: set in place (lines are written as text)
+            item.source = start + i
         if result.finish_reason == "length" and len(got) < len(items):
             got += await _reask(start + len(got), items[len(got) :])
         elif len(got) < len(items):
@@ -359,7 +363,9 @@ async def evolve_stage(ctx: StageContext, work: Work) -> None:
                 got = parse_qas_detailed(result.text).items[: len(piece)]
             except (AnswerParseError, Refused):
                 got = []
-            found += [item.model_copy(update={"source": start + offset + i}) for i, item in enumerate(got)]
+            for i, item in enumerate(got):
+                item.source = start + offset + i
+            found += got
             work.items["lost"] += len(piece) - len(got)
         return found
 
@@ -410,11 +416,18 @@ async def check_stage(ctx: StageContext, work: Work) -> None:
             continue
         for violation in violations:
             work.rules[violation.rule] += 1
-        failing.append(item.model_copy(update={"violations": [f"{v.rule}: {v.detail}" for v in violations]}))
+        item.violations = [f"{v.rule}: {v.detail}" for v in violations]
+        failing.append(item)
+    names = sorted({v.split(":", 1)[0] for item in failing for v in item.violations or []})
+    _split(work, "check", passing, failing, f"rewrites failed rule checks: {', '.join(names)}")
+
+
+def _split(work: Work, stage: DropStage, passing: list[QAS], failing: list[QAS], why: str) -> None:
+    """After a filtering stage: one drop line for the failing items, the passing ones go on (if any)."""
+    child = work.child
+    assert child is not None
     if failing:
-        names = sorted({v.split(":", 1)[0] for item in failing for v in item.violations or []})
-        work.drop("check", f"{len(failing)} of {len(child.qa)} rewrites failed rule checks: {', '.join(names)}",
-                  failing)  # fmt: skip
+        work.drop(stage, f"{len(failing)} of {len(passing) + len(failing)} {why}", failing)
     work.child = child.model_copy(update={"qa": passing}) if passing else None
 
 
@@ -470,16 +483,17 @@ async def judge_stage(ctx: StageContext, work: Work) -> None:
 
 
 def _verdict(item: QAS, ballots: list[Any], work: Work) -> QAS:
-    """An item with the majority of its votes: improved if most said so, the mean score, a majority reason."""
+    """The item with the majority of its votes: improved if most said so, the mean score, a majority reason
+    (set in place: the item is this round's own, and the lines written before hold their text already)."""
     yes = sum(1 for b in ballots if b.improved)
     improved = yes * 2 > len(ballots)
-    score = sum(float(b.score) for b in ballots) / len(ballots)
-    reason = next((b.reason for b in ballots if b.improved == improved), ballots[0].reason)
-    update: dict[str, Any] = {"improved": improved, "score": round(score, 3), "reason": reason}
+    item.improved = improved
+    item.score = round(sum(float(b.score) for b in ballots) / len(ballots), 3)
+    item.reason = next((b.reason for b in ballots if b.improved == improved), ballots[0].reason)
     if len(ballots) > 1:
-        update["votes"] = [Vote(improved=b.improved, score=b.score) for b in ballots]
+        item.votes = [Vote(improved=b.improved, score=b.score) for b in ballots]
         work.agreement.append(round(max(yes, len(ballots) - yes) / len(ballots), 4))
-    return item.model_copy(update=update)
+    return item
 
 
 async def verify_stage(ctx: StageContext, work: Work) -> None:
@@ -519,13 +533,11 @@ async def verify_stage(ctx: StageContext, work: Work) -> None:
             work.drop("verify", failure_reason(answer), items, raw=_raw(answer), count=False)
             continue
         for item, claims in zip(items, answer, strict=True):
-            checked = item.model_copy(update={"claims": claims})
+            item.claims = claims
             work.items["claims"] += len(claims)
-            (failing if any(c.verdict is False for c in claims) else passing).append(checked)
-    if failing:
-        first = next(c.claim for item in failing for c in item.claims or [] if c.verdict is False)
-        work.drop("verify", f"{len(failing)} rewrites make a claim the image contradicts, e.g. {first!r}", failing)
-    work.child = child.model_copy(update={"qa": passing}) if passing else None
+            (failing if any(c.verdict is False for c in claims) else passing).append(item)
+    first = next((c.claim for item in failing for c in item.claims or [] if c.verdict is False), "")
+    _split(work, "verify", passing, failing, f"rewrites make a claim the image contradicts, e.g. {first!r}")
 
 
 async def dedup_stage(ctx: StageContext, work: Work) -> None:
@@ -541,11 +553,10 @@ async def dedup_stage(ctx: StageContext, work: Work) -> None:
         if twin is None:
             passing.append(item)
         else:
-            failing.append(item.model_copy(update={"twin": twin.describe(questions, references)}))
-    if failing:
-        work.drop("dedup", f"{len(failing)} rewrites nearly repeat an earlier question, e.g. {failing[0].twin!r}",
-                  failing)  # fmt: skip
-    work.child = child.model_copy(update={"qa": passing}) if passing else None
+            item.twin = twin.describe(questions, references)
+            failing.append(item)
+    example = failing[0].twin if failing else ""
+    _split(work, "dedup", passing, failing, f"rewrites nearly repeat an earlier question, e.g. {example!r}")
 
 
 async def keep_stage(ctx: StageContext, work: Work) -> None:

@@ -47,6 +47,7 @@ PROJECTOR_SEED="${E2E_PROJECTOR_SEED:-0}"
 ALIAS="smollm2-vision"
 SERVER_PID=""
 PROXY_PID=""
+STEP_PID=""
 T0=$(date +%s.%N)
 TIMINGS=()
 NOTES=()
@@ -56,14 +57,25 @@ since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; 
 die() { printf 'E2E-VISION FAIL: %s\n' "$*" >&2; exit 1; }
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-stop() {  # stop a process we started: SIGTERM, 5 s grace (a request may be in C code), then SIGKILL
-    local pid="$1"
+stop() {  # stop PID [GRACE]: SIGTERM, GRACE seconds (5; a request may be in C code), then SIGKILL
+    local pid="$1" grace="${2:-5}"
     [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
     kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    for _ in $(seq 1 $((grace * 10))); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
 }
-cleanup() { stop "$PROXY_PID"; stop "$SERVER_PID"; }
+step() {  # run a long step in the background and wait for it, so Ctrl-C or SIGTERM stops the script at once
+    local rc=0
+    "$@" &
+    STEP_PID=$!
+    wait "$STEP_PID" || rc=$?
+    STEP_PID=""
+    # a step that exits 130/143 was stopped by a signal (bash does not run its own INT trap when the child
+    # handled SIGINT itself): stop here too
+    if ((rc == 130 || rc == 143)); then exit "$rc"; fi
+    return "$rc"
+}
+cleanup() { stop "$STEP_PID" 10; stop "$PROXY_PID"; stop "$SERVER_PID"; }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -106,7 +118,7 @@ EOF
 if ! has llama_cpp_python "$LLAMA_VERSION" llama_cpp.server.app llama_cpp.mtmd_cpp uvicorn sse_starlette \
         starlette_context pydantic_settings; then
     echo "installing llama-cpp-python (compiles llama.cpp, 7-25 minutes; log: ${WORK#"$ROOT"/}/build.log)..."
-    if ! "$VENV/bin/pip" install "llama-cpp-python[server]==$LLAMA_VERSION" "gguf==$GGUF_VERSION" \
+    if ! step "$VENV/bin/pip" install "llama-cpp-python[server]==$LLAMA_VERSION" "gguf==$GGUF_VERSION" \
             >"$WORK/build.log" 2>&1; then
         tail -n 40 "$WORK/build.log" >&2
         die "pip install failed"
@@ -194,7 +206,7 @@ NOTES+=("validate=exit $rc")
 # --- 6. direct requests built by evolve's client: image tokens, answers per image, detail --------------------------
 say "direct requests (evolve's ImageEncoder, ChatRequest, ChatClient)"
 set +e
-"$PY" scripts/e2e_vision_probe.py --base-url "$BASE" --model "$ALIAS" --projector-info "$MMPROJ.json" \
+step "$PY" scripts/e2e_vision_probe.py --base-url "$BASE" --model "$ALIAS" --projector-info "$MMPROJ.json" \
     --system prompts/system.txt --timeout "$TIMEOUT" --out "$WORK/probe.json" \
     seeds/images/demo-002.jpg seeds/images/demo-001.png seeds/images/demo-003.png seeds/images/demo-004.jpg \
     seeds/images/demo-005.png
@@ -207,7 +219,7 @@ say "evolve run --images send --rounds 1 ($SEEDS_N seeds, --max-tokens $MAX_TOKE
 rm -rf "$RUN"
 t=$(date +%s.%N)
 set +e
-"$EVOLVE" run "$SEEDS" --image-root seeds --images send --rounds 1 --base-url "$PROXY" --api-key x \
+step "$EVOLVE" run "$SEEDS" --image-root seeds --images send --rounds 1 --base-url "$PROXY" --api-key x \
     --model "$ALIAS" --max-tokens "$MAX_TOKENS" --timeout "$TIMEOUT" --concurrency 1 --max-retries 1 --out "$RUN"
 rc=$?
 set -e
