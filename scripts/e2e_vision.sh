@@ -18,8 +18,9 @@
 #
 # Env: E2E_SEEDS (2 demo seeds), E2E_MAX_TOKENS (64), E2E_TIMEOUT (1800 s per request), E2E_N_CTX (8192),
 # E2E_THREADS (1), E2E_PROJECTOR_SEED (0), E2E_VENV (.e2e/venv).
-# The evolution prompts are 3,000-4,700 tokens, so N_CTX must stay >= 6144; on this shared 2-core machine one
-# such request took 3-5 minutes of prompt evaluation with 1 thread (see README), hence the long timeout.
+# The evolution prompts are 3,300-3,500 tokens with the image, so N_CTX must stay >= 6144. One such request takes
+# 17-21 s with 1 thread on an idle 2-core machine, but took 87-322 s while other jobs kept the load at 9-12, hence
+# the long timeout. Each seed costs 3 calls at --max-tokens 64 (the cut-off answer is asked again in halves).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
