@@ -105,6 +105,11 @@ def main(argv: list[str]) -> int:
             "concurrency": int(concurrency),
             "no_cache": True,
             "quiet": True,
+            # the work the local row measures (bench.rows.SAME_WORK): two calls per sample, no call-free stage
+            "items_per_call": 0,
+            "max_tokens": 1_000_000,
+            "checks": "none",
+            "dedup_threshold": 0,
         }
         sampler = CpuSampler()
         sampler.sample()

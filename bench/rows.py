@@ -207,10 +207,18 @@ def row1(sizes: Sizes) -> Outcome:
 
 
 # rows 2 and 3 ------------------------------------------------------------------------------------------------
+SAME_WORK = ("--items-per-call", "0", "--max-tokens", "1000000", "--checks", "none", "--dedup-threshold", "0")
+"""The flags that keep `evolve run` doing the work earlier benches and the peers measured."""
+
+
 def evolve_spec(
     tag: str, seeds: Path, latency: float, concurrency: int, requests: int, extra: tuple[str, ...] = ()
 ) -> Spec:
-    """``evolve run`` (one round, no images, no cache) as a measured client, in a fresh run folder."""
+    """``evolve run`` (one round, no images, no cache) as a measured client, in a fresh run folder.
+
+    The same work the peers and earlier benches measured: one evolution and one judge call per sample
+    (``--items-per-call 0`` and a token limit no answer reaches: no chunks, no re-asks) and no call-free
+    quality stage (``--checks none --dedup-threshold 0``); row 3 measures what those stages cost apart."""
     out_dir = SCRATCH / "runs" / tag
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -234,6 +242,7 @@ def evolve_spec(
         str(concurrency),
         "--quiet",
         "--no-cache",
+        *SAME_WORK,
         *extra,
     ]
     return Spec(tag=tag, cmd=cmd, latency=latency, timeout=_timeout(requests, latency, concurrency, 20.0))
@@ -327,8 +336,29 @@ def row3(sizes: Sizes, raw: dict[str, Any]) -> Outcome:
             f"evolve process user+sys {r.cpu:.1f} s for {r.requests} req, start-up included",
         )
     )
+    out.rows.append(_quality_stages_cost(out, seeds, c0, requests, setting, r))
     out.rows.append(_ceiling_with_workers(out, seeds, c0, requests, setting, base_rate))
     return out
+
+
+def _quality_stages_cost(
+    out: Outcome, seeds: Path, concurrency: int, requests: int, setting: str, plain: Result
+) -> Row:
+    """The same run with the default call-free stages (rule checks, dedup) on: their CPU per request."""
+    label = "3 CPU per request with rule checks + dedup (the default round)"
+    stages = ("--checks", "all", "--dedup-threshold", "0.8")  # the last value of a flag wins
+    r = measure_evolve(evolve_spec(f"evolve-L0-C{concurrency}-stages", seeds, 0.0, concurrency, requests, stages))
+    out.data["evolve-L0-stages"] = r.as_dict()
+    why = _check(r, requests)
+    if why:
+        return _fail(label, setting, why)
+    extra = r.cpu_ms - plain.cpu_ms
+    note = (
+        f"{_fmt_rate(r.rate_window)}; the two stages add {extra:.2f} ms per request "
+        f"({2 * extra:.2f} ms per sample: the demo items are long)"
+    )
+    return Row(label, setting, f"{r.cpu_ms:.2f} ms/req", f"without them {plain.cpu_ms:.2f} ms/req",
+               plain.cpu_ms / r.cpu_ms if r.cpu_ms else None, "reference", None, note)  # fmt: skip
 
 
 def _ceiling_with_workers(

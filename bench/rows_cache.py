@@ -54,7 +54,7 @@ def run_layout(seeds: Path, layout: str) -> dict[str, Any]:
     """One round with images against a fresh test server; run.json's usage, cost and kept items."""
     out = SCRATCH / "runs" / f"cache-{layout}"
     shutil.rmtree(out, ignore_errors=True)
-    with fake_server(0.0, tag=f"cache-{layout}") as server:
+    with fake_server(0.0, tag=f"cache-{layout}", prefix_cache=True) as server:
         cmd = [*evolve_cmd(), "run", str(seeds), "--out", str(out), "--rounds", "1", "--prompt-layout", layout,
                "--base-url", f"http://127.0.0.1:{server.port}/v1", "--api-key", "x", "--model", "m",
                "--concurrency", "64", "--price-in", PRICES[0], "--price-cached-in", PRICES[1],

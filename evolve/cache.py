@@ -91,6 +91,20 @@ class Cache(Protocol):
     def close(self) -> None: ...
 
 
+def _enter_wal(db: sqlite3.Connection) -> None:
+    """Switch to WAL mode. SQLite answers "database is locked" at once, without waiting on its busy timeout,
+    when another process is creating the same new file; so wait here, up to that timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class ResponseCache:
     """A SQLite-backed cache of answers (JSON objects), safe to share between processes.
 
@@ -135,7 +149,7 @@ class ResponseCache:
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
         db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        db.execute("PRAGMA journal_mode=WAL")
+        _enter_wal(db)
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 

@@ -57,10 +57,11 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(_WORD.findall(folded.translate(_APOSTROPHES)))
 
 
-@functools.lru_cache(maxsize=1 << 15)
+@functools.lru_cache(maxsize=4096)
 def normalised(text: str) -> tuple[str, frozenset[str]]:
     """(the normalised text, its shingles) of a question, remembered: a round compares its rewrites with
-    questions that earlier rounds (or the same sample's references) already normalised."""
+    questions that earlier rounds (or the same sample's references) already normalised. Kept small: the chains
+    in flight are a few hundred, and many live sets slow the garbage collector down for the whole run."""
     words = _words(text)
     return " ".join(words), frozenset(shingles(words))
 

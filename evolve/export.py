@@ -109,8 +109,8 @@ def open_source(source: Path, image_root: Path | None = None) -> Source:
             raise UsageError(f"{source}: no final.jsonl (is it a finished run folder?)")
     elif source.exists():
         records = source
-        owner = next((p for p in (source.parent, source.parent.parent) if (p / "run.json").is_file()), None)
-        run = RunFolder(owner) if owner is not None else None
+        owners = (RunFolder(source.parent), RunFolder(source.parent.parent))
+        run = next((folder for folder in owners if folder.run_json.is_file()), None)
     else:
         raise UsageError(f"{source}: no such file or folder")
     manifest = (run.read_run_json() if run is not None else None) or {}

@@ -26,8 +26,9 @@ import orjson
 
 from evolve.errors import InputError
 from evolve.images import resolve_image
-from evolve.records import Loaded, Rejected, Sample, iter_raw, parse_record, read_samples
+from evolve.records import Loaded, Rejected, Sample, iter_raw, parse_record
 from evolve.runfolder import RunFolder
+from evolve.sources import ImageStore, read_seed_files, read_source, source_kind
 
 BLOCK_BYTES = 1 << 20
 """Bytes read at a time by a scanner."""
@@ -112,9 +113,12 @@ def stable_hash(text: str, salt: str = "") -> int:
 
 
 def read_seeds(run: RunSource) -> Iterator[Loaded | Rejected]:
-    """The run's seeds, file after file, as the run read them."""
-    for path in run.seed_files:
-        yield from read_samples(path)
+    """The run's seeds, as the run read them: every format, ids unique across the seed files, images that
+    arrived as bytes found in the run's image folder (never written)."""
+    config = run.manifest.get("config") or {}
+    store = ImageStore(Path(config["image_cache"]) if config.get("image_cache") else run.folder.images, write=False)
+    yield from read_seed_files(list(run.seed_files), fmt=config.get("format"), image_store=store,
+                               columns=config.get("columns"))  # fmt: skip
 
 
 def image_of(run: RunSource, ref: str | None, where: str | None) -> Path | str | None:
@@ -147,6 +151,11 @@ def seeds_at(wheres: Iterable[str]) -> dict[str, Sample]:
         by_file.setdefault(_place_file(where), set()).add(where)
     found: dict[str, Sample] = {}
     for path, wanted in by_file.items():
+        if source_kind(Path(path)) != "json":  # parquet, arrow, CSV: rows are read in order (`file:row N`)
+            found.update(
+                (i.where, i.sample) for i in read_source(Path(path)) if isinstance(i, Loaded) and i.where in wanted
+            )
+            continue
         lines = {int(m.group("line")) for w in wanted if (m := _LINE_REF.match(w))}
         if len(lines) == len(wanted):
             items: Iterable[tuple[str, Any] | Rejected] = _lines_at(Path(path), lines)

@@ -37,7 +37,6 @@ the same on every engine (the entropy sums its terms exactly, whatever order the
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -58,8 +57,10 @@ from rich.text import Text
 
 from evolve.errors import InputError, UsageError
 from evolve.idset import CompactIdSet
-from evolve.records import Rejected, Sample, read_samples
+from evolve.records import Rejected, Sample
+from evolve.runfolder import RunFolder
 from evolve.sampling import Reservoir, margin_of_error
+from evolve.sources import ColumnMap, read_source
 from evolve.statscounters import Chunk, Column, ObjectTally, ParseCache
 from evolve.statspool import ParseEngine, ParserSpec, as_engine, make_engine
 from evolve.verbnoun import VerbNoun, VerbNounExtractor
@@ -104,6 +105,8 @@ class StatsInput(BaseModel):
     paths: tuple[Path, ...]
     judged: tuple[Path, ...] = ()
     """Files with the judge's verdicts; empty means the verdicts carried by `paths` themselves."""
+    columns: str | None = None
+    """The run's --columns, for seed tables whose column names are not evolve's."""
 
 
 class StatsOptions(BaseModel):
@@ -193,14 +196,15 @@ class StatsReport(BaseModel):
     parsed_texts: int = Field(description="distinct first sentences parsed (the parse cache's size)")
     engine: str = "local"
     workers: int = 1
-    parse_seconds: float = Field(description="seconds the parsers spent, summed over workers")
+    parse_seconds: float = Field(description="seconds the parsers spent on questions, summed over workers")
+    object_seconds: float = Field(0.0, description="seconds spent normalising object names, summed over workers")
     wall_seconds: float = 0.0
     peak_rss_mb: float = Field(0.0, description="this process's peak resident memory (workers not included)")
     columns: list[ColumnStats]
     definitions: dict[str, str] = Field(default_factory=lambda: dict(DEFINITIONS))
 
 
-RUN_FIELDS = frozenset({"engine", "workers", "parse_seconds", "wall_seconds", "peak_rss_mb"})
+RUN_FIELDS = frozenset({"engine", "workers", "parse_seconds", "object_seconds", "wall_seconds", "peak_rss_mb"})
 """Report fields that describe how it was computed, not the data (they differ between engines and runs)."""
 
 
@@ -232,37 +236,34 @@ def resolve_inputs(paths: Sequence[Path]) -> list[StatsInput]:
     return out
 
 
-def _run_folder(folder: Path) -> list[StatsInput]:
+def _run_folder(path: Path) -> list[StatsInput]:
+    folder = RunFolder(path)
+    try:
+        manifest = folder.read_run_json() or {}
+    except UsageError as exc:
+        raise InputError(str(exc)) from exc
+    columns = (manifest.get("config") or {}).get("columns")
     items: list[StatsInput] = []
-    seeds = _seed_paths(folder)
+    rounds = folder.rounds_present()
+    annotated = folder.round(0).kept
+    # --annotate: the seeds the run evolved from are round 0's, with their annotations
+    seeds = [annotated] if 0 in rounds and annotated.is_file() else _seed_paths(folder, manifest)
     if seeds:
-        baseline = folder / "baseline.jsonl"
-        judged = (baseline,) if baseline.is_file() else ()
-        items.append(StatsInput(name="seeds", kind="seeds", paths=tuple(seeds), judged=judged))
-    rounds = sorted(
-        (int(m.group(1)), child) for child in folder.iterdir() if child.is_dir() and (m := _ROUND_DIR.match(child.name))
-    )
-    for number, child in rounds:
-        kept = child / "kept.jsonl"
-        if not kept.is_file():
+        judged = (folder.baseline,) if folder.baseline.is_file() else ()
+        items.append(StatsInput(name="seeds", kind="seeds", paths=tuple(seeds), judged=judged, columns=columns))
+    for number in rounds:
+        files = folder.round(number)
+        if number == 0 or not files.kept.is_file():
             continue
-        judged_path = child / "judged.jsonl"
-        judged = (judged_path,) if judged_path.is_file() else ()
-        items.append(StatsInput(name=f"round-{number}", kind="round", paths=(kept,), judged=judged))
+        judged = (files["judged"],) if files["judged"].is_file() else ()
+        items.append(StatsInput(name=f"round-{number}", kind="round", paths=(files.kept,), judged=judged))
     if not items:
-        raise InputError(f"{folder}: not a run folder (no run.json seeds and no round-N/kept.jsonl)")
+        raise InputError(f"{path}: not a run folder (no run.json seeds and no round-N/kept.jsonl)")
     return items
 
 
-def _seed_paths(folder: Path) -> list[Path]:
-    manifest = folder / "run.json"
-    if not manifest.is_file():
-        return []
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{manifest}: unreadable ({exc})") from exc
-    seeds = data.get("seeds") if isinstance(data, dict) else None
+def _seed_paths(folder: RunFolder, manifest: dict[str, Any]) -> list[Path]:
+    seeds = manifest.get("seeds")
     if isinstance(seeds, str):
         seeds = [seeds]
     if not isinstance(seeds, list):
@@ -270,10 +271,10 @@ def _seed_paths(folder: Path) -> list[Path]:
     out: list[Path] = []
     for entry in seeds:
         candidate = Path(str(entry)).expanduser()
-        if not candidate.is_absolute() and (folder / candidate).is_file():
-            candidate = folder / candidate
-        if not candidate.is_file():
-            raise InputError(f"{manifest}: seed file {entry} not found (relative to the run folder or here)")
+        if not candidate.is_absolute() and (folder.root / candidate).exists():
+            candidate = folder.root / candidate
+        if not candidate.exists():
+            raise InputError(f"{folder.run_json}: seed file {entry} not found (relative to the run folder or here)")
         out.append(candidate)
     return out
 
@@ -400,10 +401,12 @@ def _finish(spec: StatsInput, col: Column, table: Sequence[VerbNoun]) -> ColumnS
     )
 
 
-def _stream(paths: Iterable[Path], col: Column | None = None) -> Iterator[Sample]:
-    """The good samples of `paths`, in order; unreadable lines are counted on `col` and skipped."""
+def _stream(paths: Iterable[Path], col: Column | None = None, columns: str | None = None) -> Iterator[Sample]:
+    """The good samples of `paths` (any seed format), in order; unreadable records are counted on `col` and
+    skipped."""
+    mapping = ColumnMap.parse(columns)
     for path in paths:
-        for loaded in read_samples(path):
+        for loaded in read_source(path, columns=mapping):
             if isinstance(loaded, Rejected):
                 if col is not None:
                     col.rejected += 1
@@ -446,7 +449,7 @@ class _Reading:
         progress = self.bar.progress
         for spec, col in zip(self.inputs, self.columns, strict=True):
             task = progress.add_task(f"reading {spec.name}", total=None)
-            for record in _stream(spec.paths, col):
+            for record in _stream(spec.paths, col, spec.columns):
                 texts, surface = col.add_items(record)
                 if self.everything is not None:
                     self.distinct += sum(self.everything.add_new(item.question) for item in record.qa)
@@ -520,7 +523,8 @@ def compute_stats(
         parsed_texts=reading.parses.parsed,
         engine=engine.label,
         workers=engine.workers,
-        parse_seconds=round(engine.busy_seconds, 3),
+        parse_seconds=round(engine.busy["pairs"], 3),
+        object_seconds=round(engine.busy["objects"], 3),
         wall_seconds=round(time.perf_counter() - started, 3),
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         columns=[_finish(spec, col, reading.parses.table) for spec, col in zip(inputs, reading.columns, strict=True)],

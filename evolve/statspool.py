@@ -86,8 +86,8 @@ class ParseEngine(Protocol):
     label: str
     """local, processes or ray (for the report)."""
     workers: int
-    busy_seconds: float
-    """Seconds the parsers spent on chunks, summed over workers."""
+    busy: dict[str, float]
+    """Seconds the parsers spent on chunks of each kind ("pairs", "objects"), summed over workers."""
     park_limit: int
     """How many samples may wait for their object names before the driver asks for a drain."""
 
@@ -110,14 +110,14 @@ class InProcess:
     def __init__(self, extractor: VerbNounExtractor) -> None:
         self.extractor = extractor
         self.name = extractor.name
-        self.busy_seconds = 0.0
+        self.busy = {"pairs": 0.0, "objects": 0.0}
 
     def imap(self, chunks: Iterable[C]) -> Iterator[tuple[C, list[Any]]]:
         """Answer each chunk here, in order."""
         for chunk in chunks:
             started = time.perf_counter()
             results = answer(self.extractor, chunk.kind, chunk.texts)
-            self.busy_seconds += time.perf_counter() - started
+            self.busy[chunk.kind] += time.perf_counter() - started
             yield chunk, results
 
     def close(self) -> None:
@@ -160,7 +160,7 @@ class ProcessPool:
         self.spec = spec
         self.name: str = spec.parser
         self.workers = workers
-        self.busy_seconds = 0.0
+        self.busy = {"pairs": 0.0, "objects": 0.0}
         self.start_method = start_method or _start_method()
         self._pool = get_context(self.start_method).Pool(workers, initializer=_ignore_interrupts)
         # every worker starts loading its parser now, while the driver reads the first records
@@ -185,7 +185,7 @@ class ProcessPool:
     def _finish(self, chunk: C, pending: AsyncResult[tuple[list[Any], float]]) -> tuple[C, list[Any]]:
         results, seconds = pending.get()
         self._outstanding -= 1
-        self.busy_seconds += seconds
+        self.busy[chunk.kind] += seconds
         return chunk, results
 
     def close(self) -> None:
@@ -233,7 +233,7 @@ class RayPool:
         self.name: str = spec.parser
         self.address = address
         self.workers = actors or 0
-        self.busy_seconds = 0.0
+        self.busy = {"pairs": 0.0, "objects": 0.0}
         self._started = False
 
     def _start(self) -> None:
@@ -273,7 +273,7 @@ class RayPool:
             results = json.loads(row["results"])
             index = int(row["index"])
             found[index] = [tuple(r) for r in results] if wave[index].kind == "pairs" else results
-            self.busy_seconds += float(row["seconds"])
+            self.busy[wave[index].kind] += float(row["seconds"])
         return [found[i] for i in range(len(wave))]
 
     def close(self) -> None:

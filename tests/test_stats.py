@@ -278,6 +278,31 @@ def test_run_folder_stats(tmp_path: Path, extractor: SpacyExtractor) -> None:
     assert round2.judged_items == 3 and round2.improvement_rate == pytest.approx(2 / 3)  # kept's own verdicts
 
 
+def test_annotated_seeds_are_the_seeds_column(tmp_path: Path, extractor: SpacyExtractor) -> None:
+    run = make_run(tmp_path)
+    annotated = write_jsonl(run / "round-0" / "annotated.jsonl", JUDGED)  # what --annotate wrote
+    inputs = resolve_inputs([run])
+    assert [i.name for i in inputs] == ["seeds", "round-1", "round-2", "round-10"]  # round 0 is not a round
+    assert inputs[0].paths == (annotated,)
+    seeds = compute_stats(inputs, extractor, progress=False).columns[0]
+    assert (seeds.samples, seeds.qa_items) == (2, 5)  # both records, not the one-record seed files
+
+
+def test_parquet_seeds_of_a_run_are_read_with_its_columns(tmp_path: Path, extractor: SpacyExtractor) -> None:
+    pa = pytest.importorskip("pyarrow", reason="pyarrow comes with the parquet extra")
+    import pyarrow.parquet as pq
+
+    run = tmp_path / "run"
+    run.mkdir()
+    table = pa.table({"img": ["a.png", "b.png"], "q": ["Describe the car.", "Count the apples."], "a": ["Red.", "5."]})
+    pq.write_table(table, run / "seeds.parquet")
+    config = {"columns": "image=img,question=q,answer=a"}
+    (run / "run.json").write_text(json.dumps({"seeds": ["seeds.parquet"], "config": config}), encoding="utf-8")
+    [seeds] = compute_stats(resolve_inputs([run]), extractor, progress=False).columns
+    assert (seeds.samples, seeds.qa_items, seeds.rejected_lines) == (2, 2, 0)
+    assert {v.verb for v in seeds.top_verbs} == {"describe", "count"}
+
+
 def test_duplicate_names_get_their_folder(tmp_path: Path) -> None:
     a = write_jsonl(tmp_path / "a" / "kept.jsonl", JUDGED)
     b = write_jsonl(tmp_path / "b" / "kept.jsonl", JUDGED)
