@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 BATCH_DISCOUNT = 0.5
@@ -86,8 +86,8 @@ class TokenUsage:
         return self.paid_cached_tokens / total if total else None
 
     def as_dict(self) -> dict[str, int]:
-        """Plain numbers for run.json."""
-        return asdict(self)
+        """Plain numbers for run.json (by hand: `dataclasses.asdict` deep-copies, ~60 µs a call)."""
+        return {name: getattr(self, name) for name in _FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> TokenUsage:

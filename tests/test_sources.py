@@ -19,7 +19,7 @@ from evolve.cli import app
 from evolve.errors import UsageError
 from evolve.fakeserver import ThreadedServer
 from evolve.records import Loaded, Rejected
-from evolve.sources import ImageStore, count_records, expand_seed_paths, read_seed_files, tables
+from evolve.sources import ImageStore, arrowtables, count_records, expand_seed_paths, read_seed_files
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_IMAGES = sorted((REPO / "seeds" / "images").iterdir())
@@ -162,7 +162,7 @@ def test_validate_without_images_writes_no_image(tmp_path: Path) -> None:
 def test_parquet_read_in_small_batches_keeps_every_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seeds = tmp_path / "groups.parquet"
     pq.write_table(pa.Table.from_pylist(image_rows(25)), seeds, row_group_size=10)
-    monkeypatch.setattr(tables, "BATCH_BYTES", 1)  # one row per batch
+    monkeypatch.setattr(arrowtables, "BATCH_BYTES", 1)  # one row per batch
     items = loaded(list(read_seed_files([seeds], image_store=ImageStore(tmp_path / "store"))))
     assert [item.sample.id for item in items] == [f"row-{i}" for i in range(25)]
     assert items[-1].where == f"{seeds}:row 25"

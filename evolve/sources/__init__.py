@@ -2,7 +2,8 @@
 images with a CSV or JSONL manifest, all read through `read_seed_files` as Loaded/Rejected items.
 
     reader.py      the entry point: what an input is, folders and globs, ids unique across inputs
-    tables.py      parquet, Arrow IPC and CSV read row by row in bounded memory
+    tables.py      CSV manifests read row by row; the layout of datasets folders
+    arrowtables.py parquet and Arrow IPC read row by row in bounded memory (pyarrow, imported when needed)
     columns.py     which column plays which part (`--columns`), rows into samples
     imagestore.py  images that arrive as bytes, written once by content
 """

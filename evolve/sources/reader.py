@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from evolve.errors import InputError, RecordError, UsageError
 from evolve.idset import CompactIdSet
@@ -22,7 +22,10 @@ from evolve.records import (
 )
 from evolve.sources.columns import ColumnMap, sample_from_row
 from evolve.sources.imagestore import ImageStore
-from evolve.sources.tables import ArrowTable, CsvTable, ParquetTable, dataset_files, is_dataset_folder
+from evolve.sources.tables import CsvTable, dataset_files, is_dataset_folder
+
+if TYPE_CHECKING:
+    from evolve.sources.arrowtables import ArrowTable, ParquetTable
 
 Kind = Literal["json", "parquet", "arrow", "csv", "dataset"]
 SUFFIXES: dict[str, Kind] = {
@@ -119,7 +122,7 @@ def read_source(
         return
     files = dataset_files(path) if kind == "dataset" else [path]
     for file in files:
-        table = CsvTable(file) if kind == "csv" else ParquetTable(file) if kind == "parquet" else ArrowTable(file)
+        table = CsvTable(file) if kind == "csv" else _arrow_table(file, kind)
         parts = mapping.resolve(table.names, str(file))
         used = parts.used()
         for row in table.rows(used.__contains__):
@@ -156,15 +159,22 @@ def _json_records(
         yield Loaded(read.sample, read.shape, where, path.parent, read.stored_image)
 
 
+def _arrow_table(path: Path, kind: str) -> ParquetTable | ArrowTable:
+    """A parquet or Arrow file's reader (pyarrow is imported here, the first time one is read)."""
+    from evolve.sources.arrowtables import ArrowTable, ParquetTable
+
+    return ParquetTable(path) if kind == "parquet" else ArrowTable(path)
+
+
 def count_records(paths: Sequence[Path]) -> int:
     """About how many records the seed inputs hold (for progress bars): lines of text files, rows of tables."""
     total = 0
     for path in paths:
         kind = source_kind(path)
-        if kind == "parquet":
-            total += ParquetTable(path).num_rows()
-        elif kind in ("arrow", "dataset"):
-            total += sum(ArrowTable(file).num_rows() for file in (dataset_files(path) if kind == "dataset" else [path]))
+        if kind in ("parquet", "arrow", "dataset"):
+            total += sum(
+                _arrow_table(file, kind).num_rows() for file in (dataset_files(path) if kind == "dataset" else [path])
+            )
         else:
             with path.open("rb") as fp:
                 total += sum(chunk.count(b"\n") for chunk in iter(lambda: fp.read(1 << 20), b""))
