@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +276,43 @@ def test_a_kill_between_invocations_resumes(server: ThreadedServer, tmp_path: Pa
         theirs = by_seed(lines(tmp_path / "live" / "round-1" / f"{name}.jsonl"))
         assert {k: core(v) for k, v in ours.items()} == {k: core(v) for k, v in theirs.items()}, name
     assert json.loads((out / "run.json").read_text())["final_samples"] == live.final_samples
+
+
+def test_kill9_during_invocations_then_later_ones_finish_with_the_live_records(
+    server: ThreadedServer, tmp_path: Path
+) -> None:
+    """Real `evolve run --batch` processes, SIGKILLed at random moments (start-up, collection, submission): the
+    invocations after them complete the run with the records of a live run."""
+    config = make_config(server, rounds=2, images="skip")
+    live = tmp_path / "live"
+    run_evolution(config, [DEMO], live, lambda _: None)
+    server.reset()
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "evolve", "run", str(DEMO), "--batch", "--out", str(out), "--rounds", "2",
+            "--images", "skip", "--seed", "7", "--base-url", server.base_url, "--model", "fake-vlm",
+            "--quiet"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVOLVE_", "OPENAI_"))} | {"OPENAI_API_KEY": "k"}
+    rng = random.Random(20261201)
+    kills, status = 0, None
+    for _ in range(40):
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if kills < 4:
+            time.sleep(rng.uniform(0.3, 1.5))
+            if proc.poll() is None:
+                proc.kill()
+                kills += 1
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in (0, -9), err.decode()
+        status = json.loads((out / "run.json").read_text())["status"] if (out / "run.json").exists() else None
+        if kills >= 4 and status == "done":
+            break
+    assert kills >= 3, "the kills should land while invocations run"
+    assert status == "done"
+    for number in (1, 2):
+        for name in ROUND_FILES:
+            ours = by_seed(lines(out / f"round-{number}" / f"{name}.jsonl"))
+            theirs = by_seed(lines(live / f"round-{number}" / f"{name}.jsonl"))
+            assert {k: core(v) for k, v in ours.items()} == {k: core(v) for k, v in theirs.items()}, (number, name)
 
 
 def test_a_second_concurrent_invocation_is_refused(server: ThreadedServer, tmp_path: Path) -> None:

@@ -250,6 +250,44 @@ def test_kill9_at_random_points_then_resume_equals_clean_run(
     assert status_of(out) == "done"
 
 
+QUALITY_STAGES = ("--annotate", "--verify", "claims", "--judge-votes", "3", "--items-per-call", "2")
+"""Every optional stage on, beside the default ones (rule checks, dedup): annotation as round 0, chunked calls,
+votes and claim verification."""
+
+
+def test_kill9_with_every_quality_stage_resumes_to_the_clean_run(srv: ThreadedServer, tmp_path: Path) -> None:
+    srv.set_config(false_claim_ratio=0.3, verdict_noise=0.3)  # verify and the votes have something to decide
+    clean = tmp_path / "clean"
+    assert run(run_cmd(srv, clean, *QUALITY_STAGES), tmp_path).returncode == 0
+
+    def files(out: Path) -> dict[str, list[str]]:
+        return snapshot(out) | {"round-0/annotated": sorted(check_file(out / "round-0" / "annotated.jsonl"))}
+
+    want = files(clean)
+    stages = {json.loads(line)["stage"] for n in (1, 2) for line in want[f"round-{n}/dropped"]}
+    assert {"verify", "eliminate"} <= stages, stages
+    assert len(want["round-0/annotated"]) == 10
+    out = tmp_path / "killed"
+    argv = run_cmd(srv, out, *QUALITY_STAGES)
+    rng = random.Random(20261201)
+    srv.set_config(latency=0.08)
+    kills = 0
+    for _ in range(3):
+        before = total_requests(srv)
+        proc = start(argv, tmp_path)
+        wait_for(lambda b=before: total_requests(srv) > b, proc=proc)  # type: ignore[misc]
+        time.sleep(rng.uniform(0.05, 0.8))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=30)
+    assert kills >= 2, "the kills should land while the run works"
+    srv.set_config(latency=0.02)
+    final = run(argv, tmp_path)
+    assert final.returncode == 0, final.stderr
+    assert files(out) == want
+
+
 JUDGE_HEADING = "### Original Q&A&S"
 """Only judge prompts hold this line (the fake server's prompt contract)."""
 
