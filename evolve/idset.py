@@ -18,8 +18,6 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable
 
-import numpy as np
-
 MERGE_EVERY = 1 << 14
 
 
@@ -73,6 +71,8 @@ class OffsetIndex:
     """
 
     def __init__(self, pairs: Iterable[tuple[str, int]]) -> None:
+        import numpy as np  # only exports index lines (numpy is ~14 MB that a run does not need)
+
         digests = array("Q")
         offsets = array("Q")
         for key, offset in pairs:
@@ -88,7 +88,7 @@ class OffsetIndex:
 
     def offsets(self, key: str) -> list[int]:
         """The offsets of the lines that may hold `key` (usually one, or none)."""
-        digest = np.uint64(_digest(key))
-        start = int(np.searchsorted(self._digests, digest, side="left"))
-        end = int(np.searchsorted(self._digests, digest, side="right"))
+        digest = self._digests.dtype.type(_digest(key))
+        start = int(self._digests.searchsorted(digest, side="left"))
+        end = int(self._digests.searchsorted(digest, side="right"))
         return [int(offset) for offset in self._offsets[start:end]]
