@@ -41,6 +41,7 @@ import orjson
 from evolve.cache import NullCache, ResponseCache
 from evolve.config import RunConfig
 from evolve.errors import EndpointError, EvolveError, InputError, UsageError
+from evolve.gctune import tune_gc
 from evolve.images import ImageEncoder
 from evolve.manifest import Mode
 from evolve.pipeline import Chain, Run, make_clients, run_chain, stages_of
@@ -142,6 +143,7 @@ class ChainActor:
     """A Ray Data actor: runs the chains (rounds start..N of one seed) of each batch it gets, concurrently."""
 
     def __init__(self, config: RunConfig, cache_path: str | None, prompt_hashes: dict[str, str]) -> None:
+        tune_gc()  # an actor's process is Ray's, not the CLI's
         self.config = config
         self.prompts = PromptSet.load(config.prompts)
         if self.prompts.hashes() != prompt_hashes:

@@ -34,6 +34,7 @@ from multiprocessing.pool import AsyncResult
 from typing import Any, Literal, Protocol, TypeVar
 
 from evolve.errors import UsageError
+from evolve.gctune import tune_gc
 from evolve.verbnoun import BeneparExtractor, SpacyExtractor, VerbNounExtractor, load_spacy
 
 IN_FLIGHT_PER_WORKER = 2
@@ -127,9 +128,11 @@ class InProcess:
 _WORKER: VerbNounExtractor | None = None
 
 
-def _ignore_interrupts() -> None:
-    """In a worker: leave Ctrl-C to the driver, which stops the pool (no traceback per worker)."""
+def _start_worker() -> None:
+    """In a worker: leave Ctrl-C to the driver, which stops the pool (no traceback per worker); the CLI's GC
+    thresholds (a spawned worker starts with Python's)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tune_gc()
 
 
 def _work_in_worker(spec: ParserSpec, kind: TaskKind, texts: Sequence[str]) -> tuple[list[Any], float]:
@@ -162,7 +165,7 @@ class ProcessPool:
         self.workers = workers
         self.busy = {"pairs": 0.0, "objects": 0.0}
         self.start_method = start_method or _start_method()
-        self._pool = get_context(self.start_method).Pool(workers, initializer=_ignore_interrupts)
+        self._pool = get_context(self.start_method).Pool(workers, initializer=_start_worker)
         # every worker starts loading its parser now, while the driver reads the first records
         self._warm = [self._pool.apply_async(_work_in_worker, (spec, "pairs", [])) for _ in range(workers)]
         self._outstanding = workers

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from evolve.config import RunConfig
 from evolve.errors import EvolveError, Interrupted, RunLockedError, UsageError
+from evolve.gctune import tune_gc
 from evolve.manifest import RunManifest
 from evolve.merge import merge_runs
 from evolve.pipeline import GRACE_SECONDS, Message, Run, run_live
@@ -43,6 +44,7 @@ def _worker(config: RunConfig, seeds: list[Path], out: Path, pipe: Connection) -
     """Run one shard in a fresh process; its exit code is the CLI's."""
     import asyncio
 
+    tune_gc()  # a spawned process starts with Python's defaults, not the CLI's
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards what it gets
     threading.Thread(target=_watch_parent, args=(pipe,), daemon=True).start()
     try:
