@@ -150,13 +150,21 @@ def raw_spec(tag: str, prompts: Path, requests: int, latency: float, concurrency
     return Spec(tag=tag, cmd=cmd, latency=latency, timeout=_timeout(requests, latency, concurrency) + 30, kinds=kinds)
 
 
+def _mean_line_kb(path: Path) -> float:
+    """Mean size of a JSONL file's lines in KB (the raw loop's request bodies)."""
+    with open(path, "rb") as f:
+        sizes = [len(line) for line in f if line.strip()]
+    return sum(sizes) / max(len(sizes), 1) / 1000
+
+
 def row1(sizes: Sizes) -> Outcome:
     """The server's ceiling (raw loop at L=0) and the raw loop at the two settings."""
     out = Outcome()
     c0 = sizes.concurrency_l0
+    real = prompts_file(400)
     for label, prompts, kinds in (
         ("short prompts", _small_prompts(), None),
-        ("evolve/judge prompts ~14 KB", prompts_file(400), ["evolve", "judge"]),
+        (f"evolve/judge prompts ~{_mean_line_kb(real):.0f} KB", real, ["evolve", "judge"]),
     ):
         tag = "raw-l0-short" if kinds is None else "raw-l0"
         r = measure(raw_spec(tag, prompts, sizes.raw_l0_requests, 0.0, c0, kinds))
