@@ -50,7 +50,7 @@ from evolve.lineage import open_run
 from evolve.manifest import read_manifest, summarize_round, write_manifest
 from evolve.records import Loaded, Outcome, Sample
 from evolve.runfolder import RunFolder, iter_json_lines, run_lock, write_final
-from evolve.sources import ImageStore, read_seed_files
+from evolve.sources import ImageStore, read_run_seeds, read_seed_files
 
 NUM_PERM = 128
 MINHASH_SEED = 20240905
@@ -606,10 +606,8 @@ def dedup_run(
     with lock, question_index(threshold) as index, Steps(progress) as steps:
         with steps.step("reading") as advance:
             config = run.manifest.get("config") or {}
-            store = ImageStore(index.workdir, write=False)  # images are never opened here
-            for item in read_seed_files(
-                seed_files, fmt=config.get("format"), columns=config.get("columns"), image_store=store
-            ):
+            # images are never opened here: nothing is written, their paths are not used
+            for item in read_run_seeds(seed_files, config, index.workdir, write=False):
                 if isinstance(item, Loaded):
                     index.add(item.sample, 0, fixed=True)
                     advance()

@@ -29,7 +29,7 @@ from evolve.images import is_remote
 from evolve.operators import shard_of
 from evolve.records import QAS, Loaded, Rejected, Sample, iter_raw, parse_record
 from evolve.runfolder import RunFolder, write_atomic
-from evolve.sources import ImageStore, read_seed_files
+from evolve.sources import read_run_seeds
 from evolve.sources.imagestore import image_extension
 from evolve.sources.tables import read_json_object
 
@@ -524,8 +524,7 @@ def _mmevol_records(
     config = source.config
     shard = config.get("shard")
     part, parts = (int(x) for x in shard.split("/")) if shard else (0, 1)
-    store = ImageStore(Path(config["image_cache"]) if config.get("image_cache") else run.images)
-    seeds = read_seed_files(source.seeds, fmt=config.get("format"), image_store=store, columns=config.get("columns"))
+    seeds = read_run_seeds(source.seeds, config, run.images)
     for item in seeds:
         if not isinstance(item, Loaded) or (parts > 1 and shard_of(item.sample.seed_id, parts) != part):
             continue

@@ -28,7 +28,7 @@ from evolve.errors import InputError
 from evolve.images import resolve_image
 from evolve.records import Loaded, Rejected, Sample, iter_raw, parse_record
 from evolve.runfolder import RunFolder
-from evolve.sources import ImageStore, read_seed_files, read_source, source_kind
+from evolve.sources import read_run_seeds, read_source, source_kind
 
 BLOCK_BYTES = 1 << 20
 """Bytes read at a time by a scanner."""
@@ -115,10 +115,7 @@ def stable_hash(text: str, salt: str = "") -> int:
 def read_seeds(run: RunSource) -> Iterator[Loaded | Rejected]:
     """The run's seeds, as the run read them: every format, ids unique across the seed files, images that
     arrived as bytes found in the run's image folder (never written)."""
-    config = run.manifest.get("config") or {}
-    store = ImageStore(Path(config["image_cache"]) if config.get("image_cache") else run.folder.images, write=False)
-    yield from read_seed_files(list(run.seed_files), fmt=config.get("format"), image_store=store,
-                               columns=config.get("columns"))  # fmt: skip
+    yield from read_run_seeds(list(run.seed_files), run.manifest.get("config") or {}, run.folder.images, write=False)
 
 
 def image_of(run: RunSource, ref: str | None, where: str | None) -> Path | str | None:

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.pool import AsyncResult
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, get_args
 
 from evolve.errors import UsageError
 from evolve.gctune import tune_gc
@@ -101,6 +101,11 @@ class ParseEngine(Protocol):
         ...
 
 
+def _no_busy_time() -> dict[str, float]:
+    """A pool's `busy` before its first chunk: zero seconds for each task kind."""
+    return dict.fromkeys(get_args(TaskKind), 0.0)
+
+
 class InProcess:
     """The extractor of this process: chunks are answered one after another as they come."""
 
@@ -111,7 +116,7 @@ class InProcess:
     def __init__(self, extractor: VerbNounExtractor) -> None:
         self.extractor = extractor
         self.name = extractor.name
-        self.busy = {"pairs": 0.0, "objects": 0.0}
+        self.busy = _no_busy_time()
 
     def imap(self, chunks: Iterable[C]) -> Iterator[tuple[C, list[Any]]]:
         """Answer each chunk here, in order."""
@@ -163,7 +168,7 @@ class ProcessPool:
         self.spec = spec
         self.name: str = spec.parser
         self.workers = workers
-        self.busy = {"pairs": 0.0, "objects": 0.0}
+        self.busy = _no_busy_time()
         self.start_method = start_method or _start_method()
         self._pool = get_context(self.start_method).Pool(workers, initializer=_start_worker)
         # every worker starts loading its parser now, while the driver reads the first records
@@ -236,7 +241,7 @@ class RayPool:
         self.name: str = spec.parser
         self.address = address
         self.workers = actors or 0
-        self.busy = {"pairs": 0.0, "objects": 0.0}
+        self.busy = _no_busy_time()
         self._started = False
 
     def _start(self) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from evolve.errors import InputError, RecordError, UsageError
 from evolve.idset import CompactIdSet
@@ -157,6 +157,17 @@ def _json_records(
             yield Rejected(exc.where, exc.reason)
             continue
         yield Loaded(read.sample, read.shape, where, path.parent, read.stored_image)
+
+
+def read_run_seeds(
+    paths: Sequence[Path], config: Mapping[str, Any], images: Path, *, write: bool = True
+) -> Iterator[Loaded | Rejected]:
+    """A run's seeds read again as the run read them: its --format and --columns from run.json's `config`, and
+    images that arrive as bytes in its --image-cache, else in `images` (the run folder's, or any folder)."""
+    root = Path(config["image_cache"]) if config.get("image_cache") else images
+    return read_seed_files(
+        paths, fmt=config.get("format"), image_store=ImageStore(root, write=write), columns=config.get("columns")
+    )
 
 
 def _arrow_table(path: Path, kind: str) -> ParquetTable | ArrowTable:
