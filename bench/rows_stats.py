@@ -32,7 +32,7 @@ TIMEOUT = 1800.0
 class StatsSizes:
     """Row 9's workload sizes."""
 
-    rate_questions: int = 24_000
+    rate_questions: int = 16_000
     sample: int = 100_000
     large: int = 2_000_000
     small: int = 200_000
