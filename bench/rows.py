@@ -42,7 +42,7 @@ class Sizes:
     validate_small: int = 10_000
     mem_small: int = 10_000
     mem_large: int = 100_000
-    stats_large_questions: int = 20_000  # row 9 measures the same ratio on real-length rewrites
+    stats_large_questions: int = 10_000  # row 9 measures the same ratio on real-length rewrites
     stats_demo: bool = True
     stats_quick_questions: int = 0
     dj_questions: int = 2000

@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 Z_95 = 1.959963984540054
 """The standard normal quantile of a two-sided 95% interval."""
 
 T = TypeVar("T")
+S = TypeVar("S")
+
+
+def _same(item: T) -> T:
+    return item
 
 
 class Reservoir(Generic[T]):
@@ -37,14 +43,18 @@ class Reservoir(Generic[T]):
 
     def offer(self, item: T) -> None:
         """Count `item` and keep it with the probability that keeps the sample uniform."""
+        self.offer_from(_same, item)
+
+    def offer_from(self, make: Callable[[S], T], source: S) -> None:
+        """As `offer(make(source))`, calling `make` only when the item is kept (most are not, once it is full)."""
         self.seen += 1
         if len(self.items) < self.size:
-            self.items.append(item)
+            self.items.append(make(source))
             if len(self.items) == self.size:
                 self._w = math.exp(math.log(self._uniform()) / self.size)
                 self._schedule()
         elif self.seen == self._next:
-            self.items[self._rng.randrange(self.size)] = item
+            self.items[self._rng.randrange(self.size)] = make(source)
             self._w *= math.exp(math.log(self._uniform()) / self.size)
             self._schedule()
 

@@ -63,7 +63,7 @@ from evolve.sampling import Reservoir, margin_of_error
 from evolve.sources import ColumnMap, read_source
 from evolve.statscounters import Chunk, Column, ObjectTally, ParseCache
 from evolve.statspool import ParseEngine, ParserSpec, as_engine, make_engine
-from evolve.verbnoun import VerbNoun, VerbNounExtractor
+from evolve.verbnoun import VerbNoun, VerbNounExtractor, clip_question
 
 TOP_VERBS = 20
 TOP_NOUNS = 5
@@ -450,7 +450,7 @@ class _Reading:
         for spec, col in zip(self.inputs, self.columns, strict=True):
             task = progress.add_task(f"reading {spec.name}", total=None)
             for record in _stream(spec.paths, col, spec.columns):
-                texts, surface = col.add_items(record)
+                questions, surface = col.add_items(record)
                 if self.everything is not None:
                     self.distinct += sum(self.everything.add_new(item.question) for item in record.qa)
                 if not spec.judged:
@@ -458,10 +458,10 @@ class _Reading:
                 progress.advance(task)
                 if surface and (chunk := self.objects.add(col, surface)) is not None:
                     yield chunk
-                for text in texts:
-                    if col.reservoir is not None:
-                        col.reservoir.offer(text)
-                    elif (chunk := self.parses.want(col, text)) is not None:
+                for question in questions:
+                    if col.reservoir is not None:  # only the questions the sample keeps are clipped
+                        col.reservoir.offer_from(clip_question, question)
+                    elif (chunk := self.parses.want(col, clip_question(question))) is not None:
                         yield chunk
             for record in _stream(spec.judged):
                 col.add_verdicts(record)

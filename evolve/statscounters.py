@@ -20,7 +20,7 @@ from evolve.idset import CompactIdSet
 from evolve.records import Sample
 from evolve.sampling import Reservoir
 from evolve.statspool import TaskKind
-from evolve.verbnoun import VerbNoun, clip_question
+from evolve.verbnoun import VerbNoun
 
 CHUNK = 256
 """Texts per parser task: small enough to keep two workers evenly busy to the end, two of spaCy's batches."""
@@ -81,9 +81,9 @@ class Column:
         self.accepted_sum = 0.0
 
     def add_items(self, sample: Sample) -> tuple[list[str], set[str]]:
-        """Count `sample`; return the parse texts (first sentences) of its questions and its object names."""
+        """Count `sample`; return its questions (`clip_question` gives the text parsed) and its object names."""
         self.samples += 1
-        texts: list[str] = []
+        questions: list[str] = []
         surface: set[str] = set()
         for item in sample.qa:
             self.qa += 1
@@ -92,14 +92,14 @@ class Column:
             self.skills[len(item.skills)] += 1
             self.steps[len(item.steps)] += 1
             self.distinct_questions += self.question_set.add_new(item.question)
-            texts.append(clip_question(item.question))
+            questions.append(item.question)
             surface.update(object_name(o) for o in item.objects)
         surface.discard("")
         self.item_objects = self.item_objects or bool(surface)
         boxes = {object_name(box.label) for box in sample.objects}
         boxes.discard("")
         self.box_objects = self.box_objects or bool(boxes)
-        return texts, surface | boxes
+        return questions, surface | boxes
 
     def add_verdicts(self, sample: Sample) -> None:
         """Count the judge's verdicts and scores carried by `sample`'s items."""

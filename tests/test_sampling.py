@@ -33,6 +33,24 @@ def test_sample_is_bounded_and_reproducible() -> None:
     assert max(first) > 50_000  # late items get in too
 
 
+def test_offer_from_builds_only_the_kept_items() -> None:
+    plain: Reservoir[str] = Reservoir(100, random.Random(5))
+    lazy: Reservoir[str] = Reservoir(100, random.Random(5))
+    built: list[int] = []
+
+    def make(value: int) -> str:
+        built.append(value)
+        return f"item {value}"
+
+    for value in range(50_000):
+        plain.offer(f"item {value}")
+        lazy.offer_from(make, value)
+    assert lazy.items == plain.items and lazy.seen == plain.seen == 50_000
+    # Algorithm L keeps about size * (1 + ln(N / size)) items in all: here ~720 of 50,000
+    assert 100 < len(built) < 2_000
+    assert set(lazy.items) <= {f"item {v}" for v in built}
+
+
 def test_every_position_is_equally_likely() -> None:
     """2,000 samples of 10 out of 100: each position is kept ~200 times (chi-square, 99 d.o.f., p > 0.001)."""
     rng = random.Random(11)
