@@ -48,7 +48,7 @@ from evolve.dedup import (
 from evolve.errors import InputError, UsageError
 from evolve.lineage import open_run
 from evolve.manifest import read_manifest, summarize_round, write_manifest
-from evolve.records import Loaded, Outcome, Sample
+from evolve.records import Loaded, Outcome, Sample, open_lines
 from evolve.runfolder import RunFolder, iter_json_lines, run_lock, write_final
 from evolve.sources import ImageStore, read_run_seeds, read_seed_files
 
@@ -693,7 +693,7 @@ def rewrite_round(folder: RunFolder, index: QuestionIndex, number: int) -> None:
 
     dropped = _Replacement(files["dropped"])
     if files["dropped"].exists():
-        with files["dropped"].open("rb") as src:
+        with open_lines(files["dropped"]) as src:
             for line in src:
                 dropped.write(line)
                 if b'"dedup"' in line and (record := orjson.loads(line)).get("stage") == "dedup":
@@ -703,7 +703,7 @@ def rewrite_round(folder: RunFolder, index: QuestionIndex, number: int) -> None:
                     )
                     count_drop(record)
     kept = _Replacement(files.kept)
-    with files.kept.open("rb") as src:
+    with open_lines(files.kept) as src:
         for line in src:
             record = orjson.loads(line)
             repeats = index.repeats_of(number, str(record["seed_id"]))
@@ -726,7 +726,7 @@ def rewrite_round(folder: RunFolder, index: QuestionIndex, number: int) -> None:
                        (sample.seed_id, len(remaining), orjson.dumps(scores).decode()))  # fmt: skip
     outcomes = _Replacement(files["outcomes"]) if files["outcomes"].exists() else None
     if outcomes is not None:
-        with files["outcomes"].open("rb") as src:
+        with open_lines(files["outcomes"]) as src:
             for line in src:
                 outcomes.write(_corrected_outcome(db, line, number))
     for replacement in (dropped, outcomes, kept):
@@ -781,7 +781,7 @@ def refresh_manifest(folder: RunFolder, rounds: Sequence[int]) -> None:
     for number in rounds:
         if folder.round_file(number, "outcomes").exists():
             manifest.rounds[str(number)] = summarize_round(folder, number, prices)
-    with folder.final.open("rb") as fp:
+    with open_lines(folder.final) as fp:
         manifest.final_samples = sum(1 for _ in fp)
     if manifest.model_dump(exclude={"updated"}) != before:
         write_manifest(folder, manifest)

@@ -27,7 +27,7 @@ from evolve.errors import RecordError, UsageError
 from evolve.idset import CompactIdSet, OffsetIndex
 from evolve.images import is_remote
 from evolve.operators import shard_of
-from evolve.records import QAS, Loaded, Rejected, Sample, iter_raw, parse_record
+from evolve.records import QAS, Loaded, Rejected, Sample, iter_raw, open_lines, parse_record
 from evolve.runfolder import RunFolder, write_atomic
 from evolve.sources import read_run_seeds
 from evolve.sources.imagestore import image_extension
@@ -544,7 +544,7 @@ def _kept_index(path: Path) -> OffsetIndex:
     def pairs() -> Iterator[tuple[str, int]]:
         if not path.exists():
             return
-        with path.open("rb") as fp:
+        with open_lines(path) as fp:
             offset = 0
             for line in fp:
                 with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):

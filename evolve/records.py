@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -393,8 +393,18 @@ def _compact(exc: ValidationError) -> str:
 # --------------------------------------------------------------------------- reading files
 
 
+READ_BUFFER = 1 << 20
+"""Bytes read at a time from a JSONL file. Lines of records are kilobytes long; with the default 8 KiB buffer,
+iterating over a file's lines cost four times as much CPU (0.6 s vs 0.15 s for 577 MB)."""
+
+
+def open_lines(path: Path) -> BinaryIO:
+    """`path` opened for reading line by line (binary, a large buffer)."""
+    return path.open("rb", buffering=READ_BUFFER)
+
+
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    with path.open("rb") as fp:
+    with open_lines(path) as fp:
         yield from enumerate(fp, start=1)
 
 

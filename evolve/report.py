@@ -45,6 +45,7 @@ from evolve.lineage import (
     seeds_at,
     spans,
 )
+from evolve.records import open_lines
 from evolve.runfolder import write_atomic
 from evolve.tally import (
     SUMMARY_KINDS,
@@ -241,7 +242,7 @@ def _rejected_summary(run: RunSource, keep: int = 20) -> dict[str, Any]:
     first: list[list[str]] = []
     path = run.folder.rejected
     if path.is_file():
-        with path.open("rb") as fp:
+        with open_lines(path) as fp:
             for line in fp:
                 with contextlib.suppress(orjson.JSONDecodeError):
                     record = orjson.loads(line)

@@ -31,7 +31,7 @@ import orjson
 from pydantic import BaseModel
 
 from evolve.errors import RunLockedError, UsageError
-from evolve.records import Outcome, Sample
+from evolve.records import Outcome, Sample, open_lines
 
 ROUND_FILES = ("evolved", "judged", "kept", "dropped", "outcomes")
 ANNOTATION_FILES = ("annotated", "dropped", "outcomes")
@@ -239,7 +239,7 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(byte offset, decoded object) for each line of a JSONL file we wrote."""
     if not path.exists():
         return
-    with path.open("rb") as fp:
+    with open_lines(path) as fp:
         offset = 0
         for line in fp:
             if line.strip():

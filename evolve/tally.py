@@ -22,7 +22,7 @@ import msgspec
 import orjson
 
 from evolve.lineage import RunSource, Span, iter_blocks, read_seeds, stable_hash
-from evolve.records import Loaded
+from evolve.records import Loaded, open_lines
 
 SCORE_BANDS = ((8.0, "high"), (5.0, "mid"), (-math.inf, "low"))
 """Score bands of a stratum: the first band whose floor the outcome's mean score reaches."""
@@ -327,7 +327,7 @@ def places_of(index: Path, ids: set[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     if not index.exists():
         return found
-    with index.open("rb") as fp:
+    with open_lines(index) as fp:
         for line in fp:
             seed_id, where = orjson.loads(line)
             if seed_id in ids:
