@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from bench import setup
 from bench.common import PY, SCRATCH, fake_server
 from bench.measure import Result, Spec
 from bench.netns import available, measure_in_netns
@@ -121,11 +122,7 @@ def row8(sizes: Sizes) -> Outcome:
     requests = 2 * sizes.ceiling_samples
     label = "8 Ray executor ÷ local executor"
     setting = f"L=0, C={c0}, {sizes.ceiling_samples} samples, loopback-only netns"
-    reason = available()
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        reason = reason or "ray not installed (pip install 'evolve[ray]')"
+    reason = available() or setup.ensure_extra("ray", "ray, ray.data")
     if reason:
         out.rows.append(_fail(label, setting, reason))
         return out

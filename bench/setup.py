@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
-from bench.common import LOGS, VENVS
+from bench.common import LOGS, REPO, VENVS
 
 PEERS: dict[str, list[str]] = {
     "curator": ["bespokelabs-curator==0.1.31"],
@@ -49,6 +50,25 @@ def ensure(name: str, log: bool = True) -> str | None:
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
                 return f"{' '.join(step[:4])}...: {exc}"
     (venv / MARKER).write_text(" ".join(PEERS[name]) + "\n")
+    return None
+
+
+def ensure_extra(extra: str, module: str) -> str | None:
+    """Install evolve's optional `extra` (its pins from pyproject.toml) into this interpreter unless `module`
+    imports already, as the tests do; None on success, else the reason (see .bench/logs/extra-EXTRA.log)."""
+    if subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0:
+        return None
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pins = project["optional-dependencies"][extra]
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log_path = LOGS / f"extra-{extra}.log"
+    print(f"bench: installing evolve's [{extra}] extra ({' '.join(pins)}); log in {log_path}", flush=True)
+    with open(log_path, "ab") as out:
+        step = [sys.executable, "-m", "pip", "install", "--quiet", *pins]
+        try:
+            subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=1200)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            return f"pip install {' '.join(pins)}: {exc}"
     return None
 
 
