@@ -311,7 +311,7 @@ def purge_lines(path: Path, seed_ids: set[str]) -> None:
     if not path.exists():
         return
     tmp = path.with_name(path.name + ".tmp")
-    with path.open("rb") as src, tmp.open("wb") as dst:
+    with open_lines(path) as src, tmp.open("wb") as dst:
         for line in src:
             if orjson.loads(line)["seed_id"] not in seed_ids:
                 dst.write(line)
@@ -329,7 +329,7 @@ def concat_files(sources: Iterable[Path], target: Path) -> int:
         for source in sources:
             if not source.exists():
                 continue
-            with source.open("rb") as src:
+            with open_lines(source) as src:
                 for line in src:
                     dst.write(line)
                     count += 1
