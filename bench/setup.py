@@ -38,18 +38,25 @@ def ensure(name: str, log: bool = True) -> str | None:
     log_path = LOGS / f"venv-{name}.log"
     if log:
         print(f"bench: installing peer venv {name} ({' '.join(PEERS[name])}); log in {log_path}", flush=True)
+    steps = []
+    if not python_of(name).exists():
+        steps.append([sys.executable, "-m", "venv", str(venv)])
+    steps.append([str(python_of(name)), "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
+    steps.append([str(python_of(name)), "-m", "pip", "install", *PEERS[name]])
+    error = _run_logged(steps, log_path)
+    if error is None:
+        (venv / MARKER).write_text(" ".join(PEERS[name]) + "\n")
+    return error
+
+
+def _run_logged(steps: list[list[str]], log_path: Path) -> str | None:
+    """Run install steps in order, their output appended to `log_path`; None, or the first failure."""
     with open(log_path, "ab") as out:
-        steps = []
-        if not python_of(name).exists():
-            steps.append([sys.executable, "-m", "venv", str(venv)])
-        steps.append([str(python_of(name)), "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
-        steps.append([str(python_of(name)), "-m", "pip", "install", *PEERS[name]])
         for step in steps:
             try:
                 subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=1200)
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
                 return f"{' '.join(step[:4])}...: {exc}"
-    (venv / MARKER).write_text(" ".join(PEERS[name]) + "\n")
     return None
 
 
@@ -63,13 +70,7 @@ def ensure_extra(extra: str, module: str) -> str | None:
     LOGS.mkdir(parents=True, exist_ok=True)
     log_path = LOGS / f"extra-{extra}.log"
     print(f"bench: installing evolve's [{extra}] extra ({' '.join(pins)}); log in {log_path}", flush=True)
-    with open(log_path, "ab") as out:
-        step = [sys.executable, "-m", "pip", "install", "--quiet", *pins]
-        try:
-            subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=1200)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            return f"pip install {' '.join(pins)}: {exc}"
-    return None
+    return _run_logged([[sys.executable, "-m", "pip", "install", "--quiet", *pins]], log_path)
 
 
 def ensure_all() -> dict[str, str | None]:
