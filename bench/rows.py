@@ -304,19 +304,19 @@ def row3(sizes: Sizes, raw: dict[str, Any]) -> Outcome:
     c0 = sizes.concurrency_l0
     seeds = seed_file(sizes.ceiling_samples)
     requests = 2 * sizes.ceiling_samples
-    tag = f"evolve-L0-C{c0}"
-    r = measure_evolve(evolve_spec(tag, seeds, 0.0, c0, requests))
-    out.data[tag] = r.as_dict()
     setting = f"L=0, C={c0}, {sizes.ceiling_samples} samples"
-    why = _check(r, requests)
+    runs = alternate_workers(out, seeds, c0, requests)
+    why = next((w for run in runs[1] if (w := _check(run, requests))), None)
     base = raw.get("raw-l0")
     if why or base is None:
         out.rows.append(_fail("3 ceiling: evolve ÷ raw loop", setting, why or "raw loop row missing"))
         return out
+    r = max(runs[1], key=lambda run: run.rate_window)
+    out.data[f"evolve-L0-C{c0}"] = r.as_dict()
     base_rate = float(base["rate_window"])
     ratio = r.rate_window / base_rate
     server_bound = base_rate < 4000
-    note = "raw loop is server-bound here (see row 1)" if server_bound else ""
+    note = "best of 2" + ("; the raw loop is server-bound here (see row 1)" if server_bound else "")
     out.rows.append(
         Row(
             "3 ceiling: evolve ÷ raw loop",
@@ -345,8 +345,22 @@ def row3(sizes: Sizes, raw: dict[str, Any]) -> Outcome:
         )
     )
     out.rows.append(_quality_stages_cost(out, seeds, c0, requests, setting, r))
-    out.rows.append(_ceiling_with_workers(out, seeds, c0, requests, setting, base_rate))
+    out.rows.append(_ceiling_with_workers(out, runs[2], requests, setting, base_rate))
     return out
+
+
+def alternate_workers(out: Outcome, seeds: Path, concurrency: int, requests: int) -> dict[int, list[Result]]:
+    """``evolve run`` at L=0 with one process and with ``--workers 2``, alternated (w1, w2, w1, w2: a shared
+    machine drifts); each run's line is kept in ``out.data``. Rows 3 and 7 read the same four runs."""
+    runs: dict[int, list[Result]] = {1: [], 2: []}
+    for attempt in range(2):
+        for workers in (1, 2):
+            tag = f"evolve-L0-C{concurrency}-w{workers}"
+            extra = ("--workers", str(workers)) if workers > 1 else ()
+            r = measure_evolve(evolve_spec(tag, seeds, 0.0, concurrency, requests, extra))
+            out.data[f"{tag}-try{attempt + 1}"] = r.as_dict()
+            runs[workers].append(r)
+    return runs
 
 
 def _quality_stages_cost(
@@ -369,13 +383,9 @@ def _quality_stages_cost(
                plain.cpu_ms / r.cpu_ms if r.cpu_ms else None, "reference", None, note)  # fmt: skip
 
 
-def _ceiling_with_workers(
-    out: Outcome, seeds: Path, concurrency: int, requests: int, setting: str, base_rate: float
-) -> Row:
-    """The same ceiling with `--workers 2` (one process per core), best of two runs as in row 7."""
+def _ceiling_with_workers(out: Outcome, runs: list[Result], requests: int, setting: str, base_rate: float) -> Row:
+    """The same ceiling with `--workers 2` (one process per core): the better of its two runs."""
     label = "3 ceiling: evolve --workers 2 ÷ raw loop"
-    runs = [measure_evolve(evolve_spec(f"evolve-L0-w2-{i}", seeds, 0.0, concurrency, requests, ("--workers", "2")))
-            for i in range(2)]  # fmt: skip
     good = [r for r in runs if _check(r, requests) is None]
     if not good:
         return _fail(label, setting, _check(runs[-1], requests) or "no run")

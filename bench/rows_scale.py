@@ -1,6 +1,7 @@
 """Rows 7 and 8 (issue 11): scaling past one process at L=0, the CPU-bound ceiling, on row 3's workload.
 
-- row 7: ``evolve run --workers 2`` ÷ a plain run (same seeds, same total concurrency), server in its own process;
+- row 7: ``evolve run --workers 2`` ÷ a plain run (same seeds, same total concurrency), server in its own process:
+  the four runs row 3 alternates (its ceilings use the same runs);
 - row 8: the Ray executor ÷ the local executor, both inside a loopback-only network namespace.
 """
 
@@ -16,7 +17,7 @@ from bench import setup
 from bench.common import PY, SCRATCH, fake_server
 from bench.measure import Result, Spec
 from bench.netns import available, measure_in_netns
-from bench.rows import Outcome, Row, Sizes, _check, _fail, _fmt_rate, _timeout, evolve_spec, measure_evolve
+from bench.rows import Outcome, Row, Sizes, _check, _fail, _fmt_rate, _timeout, evolve_spec
 from bench.workload import seed_file
 
 CORES = os.cpu_count() or 1
@@ -34,26 +35,25 @@ def _server_share(r: Result, idle: float) -> float:
     return max(0.0, r.server_cpu - idle) / (r.window * CORES) if r.window else 0.0
 
 
-def row7(sizes: Sizes) -> Outcome:
-    """``--workers 2`` ÷ plain run at L=0, C=64 total: requests/s over the server-observed window."""
+def row7(sizes: Sizes, data: dict[str, Any]) -> Outcome:
+    """``--workers 2`` ÷ plain run at L=0, C=64 total: requests/s over the server-observed window, from row 3's
+    four alternated runs (w1, w2, w1, w2)."""
     out = Outcome()
     c0 = sizes.concurrency_l0
-    seeds = seed_file(sizes.ceiling_samples)
     requests = 2 * sizes.ceiling_samples
     label = "7 --workers 2 ÷ --workers 1"
     setting = f"L=0, C={c0} total, {sizes.ceiling_samples} samples"
     idle = _idle_server_cpu()
     out.data["server-idle-cpu"] = idle
     results: dict[int, Result] = {}
-    # Alternate w1, w2, w1, w2 and keep each one's best window rate: a shared 2-core machine is noisy.
     for attempt in range(2):
         for workers in (1, 2):
-            tag = f"evolve-L0-C{c0}-w{workers}"
-            extra = ("--workers", str(workers)) if workers > 1 else ()
-            r = measure_evolve(evolve_spec(tag, seeds, 0.0, c0, requests, extra))
-            d = r.as_dict()
-            d["server_share"] = _server_share(r, idle)
-            out.data[f"{tag}-try{attempt + 1}"] = d
+            key = f"evolve-L0-C{c0}-w{workers}-try{attempt + 1}"
+            if key not in data:
+                out.rows.append(_fail(label, setting, f"row 3's run {key} missing"))
+                return out
+            r = Result.from_dict(data[key])
+            out.data[key] = {**data[key], "server_share": _server_share(r, idle)}
             why = _check(r, requests)
             if why:
                 out.rows.append(_fail(label, setting, f"--workers {workers}: {why}"))
