@@ -1,7 +1,8 @@
 """``python -m bench`` (``make bench``): run every row, print one table, write bench/results.json and results.md.
 
 Environment:
-- ``BENCH_QUICK=1``: smaller sizes (~1.5-3 min smoke run), written to results-quick.json and results-quick.md;
+- ``BENCH_QUICK=1``: smaller sizes (~5 min smoke run, plus ~2 min the first time for the peer venvs), written to
+  results-quick.json and results-quick.md;
 - ``BENCH_ROWS=1,2,3``: only these rows (row 3 needs row 1's raw loop, row 4 row 2's evolve figures and row 7
   row 3's runs: they are run too); their lines replace the same rows' in the existing results file, the other
   rows are kept;
