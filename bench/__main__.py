@@ -3,9 +3,8 @@
 Environment:
 - ``BENCH_QUICK=1``: smaller sizes (~5 min smoke run, plus ~2 min the first time for the peer venvs), written to
   results-quick.json and results-quick.md;
-- ``BENCH_ROWS=1,2,3``: only these rows (row 3 needs row 1's raw loop, row 4 row 2's evolve figures and row 7
-  row 3's runs: they are run too); their lines replace the same rows' in the existing results file, the other
-  rows are kept;
+- ``BENCH_ROWS=1,2,3``: only these rows (row 4 needs row 2's evolve figures and row 7 row 3's runs: they are
+  run too); their lines replace the same rows' in the existing results file, the other rows are kept;
 - ``BENCH_WAIT_IDLE=S``: first wait up to S seconds for the load average to fall below 1.5 (shared machine).
 """
 
@@ -113,12 +112,10 @@ def main() -> int:
     """Run the bench."""
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
     wanted = {s.strip() for s in os.environ.get("BENCH_ROWS", ",".join(ALL_ROWS)).split(",") if s.strip()}
-    if "3" in wanted:
-        wanted.add("1")
     if "4" in wanted:
         wanted.add("2")
     if "7" in wanted:
-        wanted.update({"1", "3"})
+        wanted.add("3")
     sizes = rows.Sizes.quick() if quick else rows.Sizes()
     console = Console(width=max(Console().width, 200) if not sys.stdout.isatty() else None)
     started = time.perf_counter()
@@ -146,7 +143,7 @@ def main() -> int:
         if key not in wanted:
             continue
         args: tuple[Any, ...] = (sizes,)
-        if key in ("3", "4", "7"):
+        if key in ("4", "7"):
             args = (sizes, data)
         plan.append((key, fn, args))
     wait_idle(float(os.environ.get("BENCH_WAIT_IDLE", "0") or 0), console)

@@ -19,6 +19,7 @@ from bench.workload import distinct_seed_file, prompts_file, seed_file
 SETTINGS: tuple[tuple[float, int], ...] = ((2.0, 256), (0.2, 64))
 """(latency s, concurrency) of rows 2 and 4."""
 RAWLOOP = str(REPO / "bench" / "rawloop.py")
+LEANLOOP = str(REPO / "bench" / "leanloop.py")
 PEER_DIR = REPO / "bench" / "peers"
 PEER_ENV = {
     "TELEMETRY_ENABLED": "false",
@@ -296,25 +297,29 @@ def row2(sizes: Sizes) -> Outcome:
     return out
 
 
-def row3(sizes: Sizes, raw: dict[str, Any]) -> Outcome:
-    """Ceiling at L=0: evolve's req/s ÷ the raw loop's, and CPU ms per request."""
+def row3(sizes: Sizes) -> Outcome:
+    """Ceiling at L=0: evolve's req/s ÷ the raw loop's (measured alternately with it), and CPU ms per request."""
     out = Outcome()
     c0 = sizes.concurrency_l0
     seeds = seed_file(sizes.ceiling_samples)
     requests = 2 * sizes.ceiling_samples
     setting = f"L=0, C={c0}, {sizes.ceiling_samples} samples"
-    runs = alternate_workers(out, seeds, c0, requests)
-    why = next((w for run in runs[1] if (w := _check(run, requests))), None)
-    base = raw.get("raw-l0")
-    if why or base is None:
-        out.rows.append(_fail("3 ceiling: evolve ÷ raw loop", setting, why or "raw loop row missing"))
+    runs = alternate_runs(out, seeds, c0, requests)
+    why = next((w for run in [*runs.raw, *runs.one] if (w := _check(run, requests))), None)
+    if why:
+        out.rows.append(_fail("3 ceiling: evolve ÷ raw loop", setting, why))
         return out
-    r = max(runs[1], key=lambda run: run.rate_window)
+    r = max(runs.one, key=lambda run: run.rate_window)
+    base = max(runs.raw, key=lambda run: run.rate_window)
     out.data[f"evolve-L0-C{c0}"] = r.as_dict()
-    base_rate = float(base["rate_window"])
+    base_rate = base.rate_window
     ratio = r.rate_window / base_rate
-    server_bound = base_rate < 4000
-    note = "best of 2" + ("; the raw loop is server-bound here (see row 1)" if server_bound else "")
+    server_ms = 1000 * base.server_cpu / base.requests
+    note = (
+        f"best of 2 each, alternated with the raw loop (raw, evolve, --workers 2, twice); raw loop's best: "
+        f"client {base.cpu_ms:.2f} ms/req, server {server_ms:.2f} ms/req"
+        + ("; the raw loop is server-bound here" if base_rate < 4000 else "")
+    )
     out.rows.append(
         Row(
             "3 ceiling: evolve ÷ raw loop",
@@ -327,7 +332,7 @@ def row3(sizes: Sizes, raw: dict[str, Any]) -> Outcome:
             note,
         )
     )
-    raw_ms = float(base["cpu_ms"])
+    raw_ms = base.cpu_ms
     cpu_ratio = raw_ms / r.cpu_ms if r.cpu_ms else None
     # A client is ≥ 0.5 of the raw loop's ceiling only if its CPU per request is ≤ 2× the raw loop's.
     out.rows.append(
@@ -343,22 +348,61 @@ def row3(sizes: Sizes, raw: dict[str, Any]) -> Outcome:
         )
     )
     out.rows.append(_quality_stages_cost(out, seeds, c0, requests, setting, r))
-    out.rows.append(_ceiling_with_workers(out, runs[2], requests, setting, base_rate))
+    out.rows.append(_ceiling_with_workers(out, runs.two, requests, setting, base_rate))
+    out.rows.append(_lean_bound(out, seeds, c0, requests, setting, base_rate, r))
     return out
 
 
-def alternate_workers(out: Outcome, seeds: Path, concurrency: int, requests: int) -> dict[int, list[Result]]:
-    """``evolve run`` at L=0 with one process and with ``--workers 2``, alternated (w1, w2, w1, w2: a shared
-    machine drifts); each run's line is kept in ``out.data``. Rows 3 and 7 read the same four runs."""
-    runs: dict[int, list[Result]] = {1: [], 2: []}
+@dataclass
+class CeilingRuns:
+    """Row 3's runs at L=0, alternated (a shared machine drifts within minutes): the raw loop, ``evolve run``
+    and ``evolve run --workers 2``, twice. Row 7 reads the evolve runs from ``out.data``."""
+
+    raw: list[Result] = field(default_factory=list)
+    one: list[Result] = field(default_factory=list)
+    two: list[Result] = field(default_factory=list)
+
+
+def alternate_runs(out: Outcome, seeds: Path, concurrency: int, requests: int) -> CeilingRuns:
+    """Raw loop, one evolve process, ``--workers 2``; twice. Each run's line is kept in ``out.data``."""
+    runs = CeilingRuns()
     for attempt in range(2):
-        for workers in (1, 2):
+        raw = measure(raw_spec("raw-l0-row3", prompts_file(400), requests, 0.0, concurrency, ["evolve", "judge"]))
+        out.data[f"raw-l0-row3-try{attempt + 1}"] = raw.as_dict()
+        runs.raw.append(raw)
+        for workers, kept in ((1, runs.one), (2, runs.two)):
             tag = f"evolve-L0-C{concurrency}-w{workers}"
             extra = ("--workers", str(workers)) if workers > 1 else ()
             r = measure_evolve(evolve_spec(tag, seeds, 0.0, concurrency, requests, extra))
             out.data[f"{tag}-try{attempt + 1}"] = r.as_dict()
-            runs[workers].append(r)
+            kept.append(r)
     return runs
+
+
+def _lean_bound(
+    out: Outcome, seeds: Path, concurrency: int, requests: int, setting: str, base_rate: float, evolve: Result
+) -> Row:
+    """The reference client of bench/leanloop.py on the same seeds: how close to the raw loop a Python client
+    doing the round's work (no models, templates or stages) gets."""
+    label = "3 reference: minimal round client ÷ raw loop"
+    folder = SCRATCH / "runs" / "lean"
+    cmd = [PY, LEANLOOP, "--base-url", "{base_url}", "--seeds", str(seeds), "--prompts", str(prompts_file(400)),
+           "--out", str(folder), "--concurrency", str(concurrency)]  # fmt: skip
+    spec = Spec(tag=f"lean-L0-C{concurrency}", cmd=cmd, latency=0.0, timeout=_timeout(requests, 0.0, concurrency, 20.0))
+    try:
+        r = measure(spec)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    out.data[f"lean-L0-C{concurrency}"] = r.as_dict()
+    why = _check(r, requests)
+    if why:
+        return _fail(label, setting, why)
+    note = (
+        f"bench/leanloop.py: plain dicts, hand type checks, no retries, accounting, cache or resume; client CPU "
+        f"{r.cpu_ms:.2f} ms/req vs evolve's {evolve.cpu_ms:.2f}; evolve ÷ it {evolve.rate_window / r.rate_window:.2f}"
+    )
+    return Row(label, setting, _fmt_rate(r.rate_window), f"raw {_fmt_rate(base_rate)}",
+               r.rate_window / base_rate, "reference", None, note)  # fmt: skip
 
 
 def _quality_stages_cost(
