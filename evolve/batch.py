@@ -389,6 +389,7 @@ class BatchPool:
         run.message(f"cancelled {', '.join(b.id for b in state.pending)}; the next invocation sends their requests "
                     "again")  # fmt: skip
         state.pending = []
+        run.waiting = True  # not done: the next invocation sends the cancelled requests again
 
 
 def _pending_line(state: BatchState) -> str:

@@ -258,8 +258,8 @@ def annotate(
     ] = None,
     config_file: ConfigOpt = None,
 ) -> None:
-    """Fill objects, skills and steps of seed items that lack them (one call per sample, with the image),
-    never changing the question or answer; the same command again resumes."""
+    """Fill objects, skills and steps of seed items that lack them (one call per --items-per-call items of a
+    sample, with the image), never changing the question or answer; the same command again resumes."""
     from evolve.pipeline import annotate_seeds
     from evolve.summary import print_run_summary
 
@@ -284,7 +284,9 @@ def eliminate(
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")] = None,
     parents: Annotated[Path | None, typer.Option(help="File holding the parents (matched by parent_id).")] = None,
     rescore: Annotated[bool, typer.Option("--rescore", help="Re-apply --min-score to judged.jsonl, no calls.")] = False,
-    baseline: Annotated[bool, typer.Option("--baseline", help="Score the seeds against themselves (Conv0).")] = False,
+    baseline: Annotated[
+        bool, typer.Option("--baseline", help="Score the seeds against themselves (Conv0): baseline.jsonl in --out.")
+    ] = False,
     config_file: ConfigOpt = None,
 ) -> None:
     """Judge rewrites against their parents: judged.jsonl, kept.jsonl, dropped.jsonl in --out."""
@@ -296,11 +298,12 @@ def eliminate(
         messenger = Messenger(bool(config.quiet), [])
         if rescore:
             result = core.rescore_folder(out_dir or evolved, config.min_score)
+        elif out_dir is None:  # never beside the input: a seed folder would read the output as seeds next time
+            where = "the folder baseline.jsonl is written to" if baseline else "where judged/kept/dropped are written"
+            raise UsageError(f"--out DIR is required ({where})")
         elif baseline:
-            result = core.baseline(config, evolved, out_dir or evolved.parent, messenger)
+            result = core.baseline(config, evolved, out_dir, messenger)
         else:
-            if out_dir is None:
-                raise UsageError("--out DIR is required (where judged/kept/dropped are written)")
             result = core.eliminate(config, evolved, out_dir, parents, messenger)
         if not config.quiet:
             out.print(elimination_table(result.as_dict()))

@@ -387,7 +387,7 @@ class Run:
         self.stop_reason: str | None = None
         self.stop_signal: int | None = None
         self.waiting = False
-        """Set by the Batch API pool when batches are pending: the run is not finished yet."""
+        """Set by the Batch API pool when batches are pending or were cancelled: the run is not finished yet."""
         self.prompts: PromptSet = PromptSet.load(config.prompts)
         self.states: dict[int, RoundState] = {}
         self.recorder: Recorder = Recorder(self, {})

@@ -347,6 +347,7 @@ def parse_record(raw: Any, where: str, fmt: Format | None = None) -> tuple[Sampl
         raise RecordError(where, f"expected a JSON object, got {type(raw).__name__}")
     if _is_canonical(raw) and fmt in (None, "mmevol"):
         return sample_from_fields(raw, where), "mmevol"
+    found: Format | None = fmt
     try:
         found = fmt or detect_format(raw)
         if found == "mmevol":
@@ -357,7 +358,9 @@ def parse_record(raw: Any, where: str, fmt: Format | None = None) -> tuple[Sampl
             fields = _from_sharegpt(raw, where)
     except RecursionError:
         raise RecordError(where, f"nested more than {MAX_NESTING} levels deep") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except KeyError as exc:  # a field the format needs is missing (str(exc) would be just its quoted name)
+        raise RecordError(where, f"no {exc.args[0]!r} field, which the {found} format needs") from exc
+    except (ValueError, TypeError, AttributeError) as exc:
         raise RecordError(where, str(exc) or type(exc).__name__) from exc
     return sample_from_fields(fields, where), found
 

@@ -73,7 +73,10 @@ def print_run_summary(console: Console, manifest: RunManifest, message: Callable
         f"{manifest.final_samples:,} evolved samples in final.jsonl; {manifest.rejected_seeds:,} seeds rejected{cost}"
     )
     if manifest.status == "waiting" and manifest.batch:
-        message("batches are pending: run the same command again later to collect them")
+        if manifest.batch.get("pending"):
+            message("batches are pending: run the same command again later to collect them")
+        else:  # after --cancel
+            message("no batch is pending: run the same command again to send the requests")
 
 
 def elimination_table(data: dict[str, Any]) -> Table:
@@ -85,13 +88,24 @@ def elimination_table(data: dict[str, Any]) -> Table:
     return table
 
 
+def _engine(config: RunConfig) -> str:
+    """How the run would send its calls, as the dry run's title names it."""
+    if config.batch:
+        return "Batch API (half price)"
+    if config.executor == "ray":
+        return "live, Ray executor"
+    if config.workers > 1:
+        return f"live, {config.workers} worker processes"
+    return "live"
+
+
 def print_dry_run(console: Console, config: RunConfig, files: list[Path]) -> None:
     """An example request, then the calls, tokens and cost to expect."""
     from evolve.dryrun import dry_run
 
     report = dry_run(config, files)
     console.print(report.example, markup=False, highlight=False)
-    engine = "Batch API (half price)" if config.batch else "live"
+    engine = _engine(config)
     table = Table(title=f"evolve run --dry-run · {config.model} · {config.rounds} rounds · {engine}",
                   title_justify="left")  # fmt: skip
     for column in ("", "requests", "input tokens", "of which cacheable", "output tokens", "est. cost US$"):

@@ -63,3 +63,7 @@ def test_dry_run_estimates_the_cacheable_share_and_the_batch_price() -> None:
     batch = CliRunner().invoke(app, ["run", str(SEEDS), "--dry-run", "--batch", "--api-key", "k", "--model",
                                      "gpt-4o-mini"])  # fmt: skip
     assert batch.exit_code == 0 and "Batch API (half price)" in batch.output
+    for engine, named in ((["--workers", "2"], "live, 2 worker processes"), (["--executor", "ray"], "Ray executor")):
+        other = CliRunner().invoke(app, ["run", str(SEEDS), "--dry-run", *engine, "--api-key", "k"])
+        assert other.exit_code == 0 and named in other.output
+    assert "· live\n" in live.output or "· live " in live.output

@@ -226,6 +226,7 @@ def test_cancel_then_the_requests_are_sent_again(server: ThreadedServer, tmp_pat
     messages: list[str] = []
     cancelled = step(config, out, messages, cancel=True)
     assert any("cancelled" in m and first[0] in m for m in messages) and cancelled.batch["pending"] is None  # type: ignore[index]
+    assert cancelled.status == "waiting"  # nothing was evolved: the run is not done
     again = step(config, out)
     assert again.status == "waiting" and pending_ids(out) != first
     server.set_config(batch_polls=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -84,6 +85,15 @@ def test_rescore_applies_threshold_without_calls(server: ThreadedServer, tmp_pat
         assert 0 < len(expected) < sum(len(r["qa"]) for r in judged)
     final = lines(run / "final.jsonl")
     assert all(i["score"] >= 7 for r in final for i in r["qa"])
+
+
+def test_baseline_needs_out_and_writes_nothing_beside_the_seeds(server: ThreadedServer, tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    shutil.copy(SEEDS / "demo.jsonl", seeds / "demo.jsonl")
+    result = eliminate(server, str(seeds / "demo.jsonl"), "--baseline", "--images", "skip")
+    assert result.exit_code == 2 and "--out DIR is required" in result.output
+    assert sorted(p.name for p in seeds.iterdir()) == ["demo.jsonl"]
 
 
 def test_baseline_scores_seeds_against_themselves(server: ThreadedServer, tmp_path: Path) -> None:

@@ -73,6 +73,13 @@ def test_native_uses_newest_non_empty_version() -> None:
     assert [q.question for q in sample.qa] == ["Newer?"] and sample.qa[0].score == 7
 
 
+def test_a_forced_format_names_the_field_a_record_lacks() -> None:
+    raw = json.loads(NATIVE.read_text().splitlines()[0])
+    with pytest.raises(RecordError) as caught:
+        parse_record(raw, "x:1", "llava")
+    assert caught.value.reason == "no 'conversations' field, which the llava format needs"
+
+
 def test_llava_and_sharegpt_detected_per_line(tmp_path: Path) -> None:
     native_line = NATIVE.read_text().splitlines()[0]
     path = _write(tmp_path, "mixed.jsonl", [json.dumps(LLAVA) + "\n", json.dumps(SHAREGPT) + "\n", native_line + "\n"])
